@@ -1,0 +1,68 @@
+"""offloop: run native work from asyncio.
+
+Native jobs run on offloop's own C thread pool, with the GIL released.  Each
+call returns an :class:`asyncio.Future` on the running loop, resolved through
+one eventfd per loop: awaiting native work never blocks the loop.  Blocking
+twins of every call live in :mod:`offloop.blocking`.
+
+Example
+-------
+>>> import asyncio, hashlib, offloop
+>>> async def main():
+...     digest = await offloop.run(hashlib.sha256, b"x" * 10_000_000)
+...     return digest.hexdigest()[:8]
+>>> asyncio.run(main())
+'...'
+"""
+
+import atexit as _atexit
+
+from . import _core
+from ._core import Future, configure, stats
+
+__version__ = "0.1.0"
+__all__ = ["Future", "blocking", "configure", "run", "stats"]
+
+#: Seconds interpreter exit waits for running jobs to stop.
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def run(fn, /, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)`` on offloop's pool; return a future.
+
+    A faster drop-in for :func:`asyncio.to_thread`: the caller's contextvars
+    are copied in, exceptions come back with their type and traceback, and
+    cancelling the awaiting task cancels the call if it has not started
+    (a call already running finishes, its result discarded).
+
+    The worker takes the GIL to call ``fn``, so this pays off for callables
+    that release it themselves: hashlib, zlib, numpy, most C extensions.
+
+    Parameters
+    ----------
+    fn : callable
+    *args, **kwargs
+        Passed to ``fn``.
+
+    Returns
+    -------
+    asyncio.Future
+        Resolves to ``fn``'s return value, on the running loop.
+
+    Raises
+    ------
+    TypeError
+        If ``fn`` is not callable (at the call, nothing queued).
+    RuntimeError
+        If no event loop is running in this thread.
+    """
+    return _core.run(fn, *args, **kwargs)
+
+
+def _shutdown():
+    _core._shutdown(SHUTDOWN_TIMEOUT)
+
+
+_atexit.register(_shutdown)
+
+from . import blocking  # noqa: E402  (needs _core loaded)

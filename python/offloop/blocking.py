@@ -1,0 +1,21 @@
+"""Blocking twins of offloop's calls, for Flask, Celery and plain scripts.
+
+Same names and arguments as the awaitable calls in :mod:`offloop`.  The
+calling thread waits with the GIL released, so other Python threads run
+meanwhile; it needs no event loop.  In the main thread, Ctrl-C cancels the
+job and raises KeyboardInterrupt.  Called on an offloop worker (from inside
+``offloop.run``), the job runs inline instead of waiting on the pool.
+"""
+
+from . import _core
+
+__all__ = ["run"]
+
+
+def run(fn, /, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)`` on offloop's pool and return its result.
+
+    Raises whatever ``fn`` raises, with its traceback; ``TypeError`` at the
+    call if ``fn`` is not callable.
+    """
+    return _core.run_blocking(fn, *args, **kwargs)

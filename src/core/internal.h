@@ -1,0 +1,43 @@
+/* Private to the core: what pool.c and port.c share. */
+#ifndef OFFLOOP_CORE_INTERNAL_H
+#define OFFLOOP_CORE_INTERNAL_H
+
+#include "offloop-core.h"
+
+#define container_of(ptr, type, member) \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Hand a finished job to its port, or to the orphan list if the port is
+ * closed.  Called by the worker that ended the job, without the pool lock
+ * (a worker never holds the pool lock and a port lock at once). */
+void ol__port_push(ol_port_t *port, ol_job_t *job);
+
+/* Wake a blocking caller. */
+void ol__waiter_wake(ol_waiter_t *w);
+
+/* In a child after fork(): empty the orphan list (the parent's jobs). */
+void ol__orphans_reset_after_fork(void);
+
+/* Take/release the orphan lock around fork(). */
+void ol__orphans_lock(void);
+void ol__orphans_unlock(void);
+
+/* *ts = now + timeout_ms on CLOCK_MONOTONIC (the clock of every condition
+ * variable the core waits on). */
+struct timespec;
+void ol__deadline_after(struct timespec *ts, long timeout_ms);
+
+/* Abort with a message: a broken invariant (a pthread call that cannot
+ * fail when used correctly). */
+void ol__fatal(const char *what, int err);
+
+#define OL__CHECK(call)              \
+    do {                             \
+        int ol__err = (call);        \
+        if (ol__err != 0) {          \
+            ol__fatal(#call, ol__err); \
+        }                            \
+    } while (0)
+
+#endif /* OFFLOOP_CORE_INTERNAL_H */

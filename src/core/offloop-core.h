@@ -1,0 +1,214 @@
+/* offloop core: a pthread pool and per-event-loop completion ports.
+ *
+ * This header never includes Python.h: the core knows nothing of Python,
+ * the GIL or asyncio.  The binding (src/module/) embeds an ol_job_t in its
+ * own job record, submits it, and later takes finished jobs back from a
+ * port (asynchronous callers) or a waiter (blocking callers).
+ *
+ * Errors are negative errno values (OL_E* aliases).  The contract, from
+ * libuv: if a submit fails, the job is never delivered anywhere.
+ */
+#ifndef OFFLOOP_CORE_H
+#define OFFLOOP_CORE_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define OL_ECANCELED (-ECANCELED)
+#define OL_EAGAIN (-EAGAIN)          /* queue full (max_queue reached) */
+#define OL_ESHUTDOWN (-ESHUTDOWN)    /* the pool is shutting down */
+#define OL_EINVAL (-EINVAL)
+#define OL_ENOMEM (-ENOMEM)
+#define OL_ENOTHREAD (-10001)        /* no worker thread could be started */
+
+typedef struct ol_job_s ol_job_t;
+typedef struct ol_port_s ol_port_t;
+typedef struct ol_waiter_s ol_waiter_t;
+
+/* Runs chunk `chunk` (0 <= chunk < nchunks) of a job on a worker, without
+ * the GIL.  Returns 0 or a negative errno; the first error is kept in the
+ * job's status and the remaining chunks are skipped.  A long chunk may poll
+ * ol_job_cancelled() and return OL_ECANCELED. */
+typedef int (*ol_work_cb)(ol_job_t *job, size_t chunk);
+
+/* Runs once on the worker that ran the last chunk, if no chunk failed and
+ * the job was not cancelled (e.g. to merge per-chunk results). */
+typedef int (*ol_finish_cb)(ol_job_t *job);
+
+/* Job state, guarded by the pool lock. */
+enum {
+    OL_JOB_NEW = 0,  /* not submitted */
+    OL_JOB_QUEUED,   /* in the queue, no chunk started */
+    OL_JOB_RUNNING,  /* some chunk started */
+    OL_JOB_DONE,     /* delivered, or ended by ol_job_cancel() */
+};
+
+/* One queue entry.  A chunked job has a single node: a worker that takes
+ * the job puts the node back while chunks remain and workers are idle, so
+ * the job never needs more than one node whatever the pool size. */
+typedef struct ol__qnode_s {
+    struct ol__qnode_s *prev, *next;
+} ol__qnode_t;
+
+struct ol_job_s {
+    /* Set by the submitter before ol_pool_submit(); read-only afterwards. */
+    ol_work_cb work;
+    ol_finish_cb finish;  /* may be NULL */
+    size_t nchunks;       /* >= 1 */
+    ol_port_t *port;      /* deliver here (a reference is taken) ... */
+    ol_waiter_t *waiter;  /* ... or wake this blocking caller */
+    unsigned generation;  /* fork generation at submit */
+
+    /* Guarded by the pool lock. */
+    ol__qnode_t node;
+    int state;       /* OL_JOB_* */
+    int in_queue;    /* node is linked in the queue */
+    unsigned active; /* workers inside the job */
+
+    atomic_int cancel;        /* set by ol_job_cancel(), polled by work */
+    atomic_int status;        /* 0, or the first error; read after delivery */
+    atomic_size_t next_chunk; /* next chunk to claim */
+
+    /* Done-list link: guarded by the lock of the list the job is on. */
+    ol_job_t *done_next;
+};
+
+/* A blocking caller's wake-up: the delivering worker sets `done` under the
+ * lock and signals. */
+struct ol_waiter_s {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int done; /* lock */
+};
+
+/* ---- pool (one per process) ---------------------------------------- */
+
+/* Counters, read with ol_pool_stats(). */
+typedef struct {
+    unsigned threads;      /* configured pool size */
+    unsigned threads_alive;/* worker threads running now */
+    size_t max_queue;      /* 0: unbounded */
+    size_t queued;         /* jobs waiting for a worker */
+    size_t running;        /* jobs some worker is inside */
+    uint64_t submitted;    /* jobs accepted by ol_pool_submit() */
+    uint64_t started;      /* jobs whose first chunk ran */
+    uint64_t chunks;       /* chunks run */
+} ol_pool_stats_t;
+
+/* Set the pool size (threads >= 1) and queue bound (0: unbounded).  Safe
+ * at any time from any thread: extra workers leave when idle, missing
+ * ones start on the next submit.  Returns 0 or OL_EINVAL. */
+int ol_pool_configure(unsigned threads, size_t max_queue);
+
+/* The default pool size: the CPUs this process may run on. */
+unsigned ol_default_threads(void);
+
+/* Queue a job.  Thread-safe.  `defer_wake`: do not signal a worker now;
+ * the caller promises to call ol_pool_kick() soon (once for a burst).
+ * Returns 0 (or 1 if defer_wake is set and a kick is
+ * needed), OL_EAGAIN (queue at max_queue), OL_ESHUTDOWN, or OL_ENOTHREAD
+ * (no worker runs and none could be started).  On error the job is never delivered. */
+int ol_pool_submit(ol_job_t *job, int defer_wake);
+
+/* Wake as many idle workers as there are queued jobs.  Thread-safe. */
+void ol_pool_kick(void);
+
+/* Cancel a job.  Thread-safe, but meant for the job's owner.  Returns 1 if
+ * the job ended here (it was queued, or between chunks with no worker in
+ * it): it will never be delivered and the caller owns it again.  Returns 0
+ * if a worker will still deliver it (it then sees the cancel at its next
+ * chunk), or if it was already delivered.  A job from before a fork is
+ * left alone (returns 0). */
+int ol_job_cancel(ol_job_t *job);
+
+extern atomic_int ol__stopping; /* set by ol_pool_shutdown() */
+
+/* True once the job's owner asked to cancel it, or the pool is shutting
+ * down.  For work callbacks, between pieces of work. */
+static inline int
+ol_job_cancelled(ol_job_t *job)
+{
+    return atomic_load_explicit(&job->cancel, memory_order_relaxed) ||
+           atomic_load_explicit(&ol__stopping, memory_order_relaxed);
+}
+
+/* The job's result: 0 or a negative errno (OL_ECANCELED if cancelled). */
+static inline int
+ol_job_status(ol_job_t *job)
+{
+    return atomic_load_explicit(&job->status, memory_order_acquire);
+}
+
+/* Wait until no job is queued or running, or `timeout_ms` passes.
+ * Returns 0, or -ETIMEDOUT.  Blocking: call without the GIL. */
+int ol_pool_wait_idle(long timeout_ms);
+
+/* Stop taking jobs, drop the queued ones (never delivered, counted in
+ * *dropped), ask running ones to cancel, and wait up to `timeout_ms` for
+ * workers to leave.  For interpreter exit.  Returns 0 or -ETIMEDOUT. */
+int ol_pool_shutdown(long timeout_ms, size_t *dropped);
+
+void ol_pool_stats(ol_pool_stats_t *out);
+
+/* Incremented in a child after fork(): jobs and ports from before belong
+ * to the parent.  The child starts a fresh pool on its first submit. */
+unsigned ol_fork_generation(void);
+
+/* True on a pool worker thread (blocking calls there run inline, so that
+ * a job waiting on the pool cannot deadlock it). */
+int ol_in_worker(void);
+
+/* Worker-thread hooks, for the binding: `on_exit` runs on a worker thread
+ * just before it leaves (e.g. to drop an interpreter thread state).  Set
+ * once, before the first submit. */
+void ol_pool_set_thread_exit_hook(void (*on_exit)(void));
+
+/* Run the job on the calling thread: every chunk, then finish.  For tiny
+ * jobs and for blocking calls made on a worker.  Delivers nowhere. */
+void ol_job_run_inline(ol_job_t *job);
+
+/* ---- ports (one per event loop) ------------------------------------ */
+
+/* Create a port: a done-list and an eventfd (a pipe where there is none).
+ * Returns 0 and *out, or a negative errno (e.g. -EMFILE). */
+int ol_port_new(ol_port_t **out);
+
+/* The fd the event loop watches for readability. */
+int ol_port_fd(const ol_port_t *port);
+
+/* Take every job delivered so far, oldest first, linked by done_next, and
+ * clear the fd's readiness.  Owner's thread only.  May return NULL (a
+ * wakeup can be spurious). */
+ol_job_t *ol_port_take(ol_port_t *port);
+
+/* Close the port: close its fd (the caller has removed it from the loop)
+ * and return the jobs delivered but not yet taken.  Jobs delivered later
+ * go to the orphan list (ol_orphans_take()).  The port memory lives until
+ * the last job referencing it is released. */
+ol_job_t *ol_port_close(ol_port_t *port);
+
+/* In a child after fork(): close this inherited port's fd copy without
+ * locking and forget its jobs (they are the parent's). */
+void ol_port_forget(ol_port_t *port);
+
+/* References: a submitted job holds one on its port until the owner calls
+ * ol_port_decref() after taking it back. */
+void ol_port_incref(ol_port_t *port);
+void ol_port_decref(ol_port_t *port);
+
+/* Jobs whose port was closed before they finished.  Any thread. */
+ol_job_t *ol_orphans_take(void);
+int ol_orphans_pending(void);
+
+/* ---- waiters (blocking callers) ------------------------------------ */
+
+void ol_waiter_init(ol_waiter_t *w);
+void ol_waiter_destroy(ol_waiter_t *w);
+/* Wait until delivered or `timeout_ms` passes (< 0: forever).  Returns 1
+ * if delivered, 0 on timeout.  Call without the GIL. */
+int ol_waiter_wait(ol_waiter_t *w, long timeout_ms);
+
+#endif /* OFFLOOP_CORE_H */

@@ -1,0 +1,670 @@
+/* The worker pool: one per process, shared by every event loop.
+ *
+ * DESIGN
+ *
+ * Ownership.  A job belongs to its submitter until ol_pool_submit()
+ * succeeds, then to the pool until it is delivered (to a port or a waiter),
+ * then to its owner again.  ol_job_cancel() can also hand a job back early:
+ * when it returns 1 the pool has forgotten the job.
+ *
+ * Locking.  One mutex, pool.lock, guards the queue, every job's state,
+ * in_queue and active fields, and the counters below marked (lock).  A
+ * worker runs chunks and delivers jobs without it.  A worker never holds
+ * the pool lock and a port lock at once.
+ *
+ * Chunks.  A job has nchunks pieces of work and a single queue node.  The
+ * worker that takes a job claims chunks with an atomic counter; while
+ * chunks remain and some worker is idle it puts the node back at the front
+ * of the queue, so idle workers join in.  The worker that leaves a job
+ * with no other worker inside and the node out of the queue ends it.
+ *
+ * Wake-ups.  An idle worker waits on work_cond.  One worker at a time may
+ * spin for a short, adaptive time after its job before it sleeps, so that
+ * a caller awaiting one job at a time does not pay a second cross-thread
+ * wake-up.  A submitter signals only if no worker is spinning, or defers
+ * the signal to ol_pool_kick() (the binding calls it once per loop tick).
+ * The spinner clears `spinning` before it takes the lock to look at the
+ * queue, so a job pushed while it spins is never missed.
+ *
+ * Priority.  Workers run at a higher nice value than the process (Linux:
+ * per-thread nice), so that an event loop thread preempts them.
+ *
+ * Fork.  pthread_atfork() holds the lock across fork(); the child empties
+ * the queue (those jobs are the parent's), forgets the workers (only the
+ * forking thread survives) and bumps the fork generation.  Its first
+ * submit starts new workers.
+ */
+#include "internal.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#endif
+
+#define OL_SPIN_MAX_NS 50000L /* spin at most 50 us after a job */
+#define OL_SPIN_MIN_NS 2000L
+#define OL_WORKER_NICE_DEFAULT 5
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work_cond; /* idle workers wait here */
+    pthread_cond_t idle_cond; /* ol_pool_wait_idle(), shutdown */
+    ol__qnode_t queue;        /* (lock) circular, head node */
+    size_t queued;            /* (lock) jobs in OL_JOB_QUEUED */
+    size_t running;           /* (lock) jobs in OL_JOB_RUNNING */
+    size_t max_queue;         /* (lock) 0: unbounded */
+    unsigned target;          /* (lock) configured size */
+    unsigned alive;           /* (lock) workers running */
+    unsigned idle;            /* (lock) workers waiting on work_cond */
+    unsigned idle_waiters;    /* (lock) threads waiting on idle_cond */
+    int stopping;             /* (lock) ol_pool_shutdown() was called */
+    uint64_t submitted;       /* (lock) */
+    uint64_t started;         /* (lock) */
+    atomic_size_t pending;    /* queue length, for the spinner */
+    atomic_int spinning;      /* a worker is spinning */
+    atomic_long spin_ns;      /* current spin budget */
+    atomic_uint_fast64_t chunks;
+    atomic_uint generation;
+    void (*exit_hook)(void);
+} pool = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .queue = {&pool.queue, &pool.queue},
+    .spin_ns = OL_SPIN_MAX_NS,
+};
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static _Thread_local int tls_in_worker;
+static int worker_nice = OL_WORKER_NICE_DEFAULT;
+atomic_int ol__stopping;
+
+void
+ol__fatal(const char *what, int err)
+{
+    fprintf(stderr, "offloop: fatal: %s: %s\n", what, strerror(err));
+    abort();
+}
+
+/* ---- queue (pool lock held) ---------------------------------------- */
+
+static int
+queue_empty(void)
+{
+    return pool.queue.next == &pool.queue;
+}
+
+static void
+queue_link(ol_job_t *job, int front)
+{
+    ol__qnode_t *n = &job->node;
+    ol__qnode_t *at = front ? &pool.queue : pool.queue.prev;
+
+    n->prev = at;
+    n->next = at->next;
+    at->next->prev = n;
+    at->next = n;
+    job->in_queue = 1;
+    atomic_fetch_add_explicit(&pool.pending, 1, memory_order_release);
+}
+
+static void
+queue_unlink(ol_job_t *job)
+{
+    job->node.prev->next = job->node.next;
+    job->node.next->prev = job->node.prev;
+    job->node.prev = job->node.next = NULL;
+    job->in_queue = 0;
+    atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_relaxed);
+}
+
+static ol_job_t *
+queue_pop(void)
+{
+    ol_job_t *job = container_of(pool.queue.next, ol_job_t, node);
+
+    queue_unlink(job);
+    return job;
+}
+
+/* ---- start-up, fork ------------------------------------------------ */
+
+static void
+init_cond(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+
+    OL__CHECK(pthread_condattr_init(&attr));
+#ifdef __linux__
+    OL__CHECK(pthread_condattr_setclock(&attr, CLOCK_MONOTONIC));
+#endif
+    OL__CHECK(pthread_cond_init(cond, &attr));
+    OL__CHECK(pthread_condattr_destroy(&attr));
+}
+
+static void
+before_fork(void)
+{
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    ol__orphans_lock();
+}
+
+static void
+after_fork_parent(void)
+{
+    ol__orphans_unlock();
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+}
+
+static void
+after_fork_child(void)
+{
+    /* Only this thread exists now.  Everything queued is the parent's. */
+    ol__orphans_unlock();
+    ol__orphans_reset_after_fork();
+    pool.queue.next = pool.queue.prev = &pool.queue;
+    pool.queued = pool.running = 0;
+    pool.alive = pool.idle = pool.idle_waiters = 0;
+    pool.stopping = 0;
+    atomic_store(&ol__stopping, 0);
+    atomic_store(&pool.pending, 0);
+    atomic_store(&pool.spinning, 0);
+    atomic_fetch_add(&pool.generation, 1);
+    init_cond(&pool.work_cond);
+    init_cond(&pool.idle_cond);
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+}
+
+static void
+init(void)
+{
+    const char *nice_env = getenv("OFFLOOP_WORKER_NICE");
+
+    if (nice_env != NULL && *nice_env != '\0') {
+        worker_nice = atoi(nice_env);
+    }
+    init_cond(&pool.work_cond);
+    init_cond(&pool.idle_cond);
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    if (pool.target == 0) {
+        pool.target = ol_default_threads();
+    }
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    OL__CHECK(pthread_atfork(before_fork, after_fork_parent,
+                             after_fork_child));
+}
+
+unsigned
+ol_default_threads(void)
+{
+#ifdef __linux__
+    cpu_set_t set;
+
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) {
+            return (unsigned)n;
+        }
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+unsigned
+ol_fork_generation(void)
+{
+    return atomic_load(&pool.generation);
+}
+
+int
+ol_in_worker(void)
+{
+    return tls_in_worker;
+}
+
+void
+ol_pool_set_thread_exit_hook(void (*on_exit)(void))
+{
+    pool.exit_hook = on_exit;
+}
+
+/* ---- workers ------------------------------------------------------- */
+
+static void
+lower_priority(void)
+{
+#ifdef __linux__
+    /* On Linux, setpriority() on a thread id sets that thread's nice. */
+    if (worker_nice > 0) {
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
+                          getpriority(PRIO_PROCESS, 0) + worker_nice);
+    }
+#endif
+}
+
+static void
+set_status(ol_job_t *job, int err)
+{
+    int expected = 0;
+
+    atomic_compare_exchange_strong(&job->status, &expected, err);
+}
+
+/* Put the job back for an idle worker to join, if one is idle. */
+static void
+share(ol_job_t *job)
+{
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    if (pool.idle > 0 && !job->in_queue && !ol_job_cancelled(job)) {
+        queue_link(job, 1);
+        OL__CHECK(pthread_cond_signal(&pool.work_cond));
+    }
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+}
+
+static void
+run_chunks(ol_job_t *job)
+{
+    for (;;) {
+        if (ol_job_cancelled(job) || ol_job_status(job) != 0) {
+            return;
+        }
+        size_t i = atomic_fetch_add(&job->next_chunk, 1);
+        if (i >= job->nchunks) {
+            return;
+        }
+        if (i + 1 < job->nchunks) {
+            share(job);
+        }
+        int err = job->work(job, i);
+        atomic_fetch_add_explicit(&pool.chunks, 1, memory_order_relaxed);
+        if (err != 0) {
+            set_status(job, err);
+        }
+    }
+}
+
+/* The job's last worker: settle its status, then deliver it. */
+static void
+end_job(ol_job_t *job)
+{
+    if (ol_job_status(job) == 0 &&
+        atomic_load(&job->next_chunk) < job->nchunks) {
+        set_status(job, OL_ECANCELED); /* stopped between chunks */
+    }
+    if (ol_job_status(job) == 0 && job->finish != NULL) {
+        int err = job->finish(job);
+        if (err != 0) {
+            set_status(job, err);
+        }
+    }
+    if (job->port != NULL) {
+        ol__port_push(job->port, job);
+    }
+    else if (job->waiter != NULL) {
+        ol__waiter_wake(job->waiter);
+    }
+}
+
+/* Pool lock held.  Called when a job leaves the running or queued set. */
+static void
+note_idle_maybe(void)
+{
+    if (pool.idle_waiters > 0 && pool.queued == 0 && pool.running == 0) {
+        OL__CHECK(pthread_cond_broadcast(&pool.idle_cond));
+    }
+}
+
+static void
+spin(void)
+{
+    struct timespec t0, t;
+    long budget = atomic_load(&pool.spin_ns);
+    int found = 0;
+
+    if (atomic_exchange(&pool.spinning, 1)) {
+        return; /* another worker is already spinning */
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        if (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) {
+            found = 1;
+            break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long ns = (t.tv_sec - t0.tv_sec) * 1000000000L +
+                  (t.tv_nsec - t0.tv_nsec);
+        if (ns >= budget) {
+            break;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    /* Adapt: spinning that keeps finding work is worth more of it. */
+    budget = found ? budget * 2 : budget / 2;
+    budget = budget < OL_SPIN_MIN_NS ? OL_SPIN_MIN_NS : budget;
+    budget = budget > OL_SPIN_MAX_NS ? OL_SPIN_MAX_NS : budget;
+    atomic_store(&pool.spin_ns, budget);
+    atomic_store(&pool.spinning, 0);
+}
+
+static int
+must_leave(void)
+{
+    return pool.stopping || pool.alive > pool.target;
+}
+
+static void *
+worker(void *arg)
+{
+    (void)arg;
+    tls_in_worker = 1;
+    lower_priority();
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    for (;;) {
+        while (queue_empty() && !must_leave()) {
+            pool.idle++;
+            OL__CHECK(pthread_cond_wait(&pool.work_cond, &pool.lock));
+            pool.idle--;
+        }
+        if (must_leave()) {
+            break;
+        }
+        ol_job_t *job = queue_pop();
+        job->active++;
+        if (job->state == OL_JOB_QUEUED) {
+            job->state = OL_JOB_RUNNING;
+            pool.queued--;
+            pool.running++;
+            pool.started++;
+        }
+        OL__CHECK(pthread_mutex_unlock(&pool.lock));
+
+        run_chunks(job);
+
+        OL__CHECK(pthread_mutex_lock(&pool.lock));
+        int last = --job->active == 0 && !job->in_queue &&
+                   job->state != OL_JOB_DONE;
+        if (last) {
+            job->state = OL_JOB_DONE;
+            pool.running--;
+            note_idle_maybe();
+        }
+        OL__CHECK(pthread_mutex_unlock(&pool.lock));
+        if (last) {
+            end_job(job); /* job may be freed by its owner from here on */
+        }
+        if (atomic_load(&pool.pending) == 0) {
+            spin();
+        }
+        OL__CHECK(pthread_mutex_lock(&pool.lock));
+    }
+    pool.alive--;
+    OL__CHECK(pthread_cond_broadcast(&pool.idle_cond));
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    if (pool.exit_hook != NULL) {
+        pool.exit_hook();
+    }
+    return NULL;
+}
+
+/* Pool lock held.  Start workers up to the target.  Returns 0, or the
+ * error of pthread_create() if no worker runs at all. */
+static int
+start_workers(void)
+{
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int err = 0;
+
+    OL__CHECK(pthread_attr_init(&attr));
+    OL__CHECK(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED));
+    /* Workers must not take signals meant for the interpreter's thread. */
+    sigfillset(&all);
+    OL__CHECK(pthread_sigmask(SIG_SETMASK, &all, &old));
+    while (pool.alive < pool.target) {
+        pthread_t tid;
+        err = pthread_create(&tid, &attr, worker, NULL);
+        if (err != 0) {
+            break;
+        }
+        pool.alive++;
+    }
+    OL__CHECK(pthread_sigmask(SIG_SETMASK, &old, NULL));
+    OL__CHECK(pthread_attr_destroy(&attr));
+    (void)err;
+    return pool.alive > 0 ? 0 : OL_ENOTHREAD;
+}
+
+/* ---- public -------------------------------------------------------- */
+
+int
+ol_pool_configure(unsigned threads, size_t max_queue)
+{
+    if (threads == 0) {
+        return OL_EINVAL;
+    }
+    OL__CHECK(pthread_once(&init_once, init));
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    pool.target = threads;
+    pool.max_queue = max_queue;
+    /* Extra workers leave when they wake; missing ones start on submit. */
+    OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    return 0;
+}
+
+int
+ol_pool_submit(ol_job_t *job, int defer_wake)
+{
+    int rc = 0;
+
+    OL__CHECK(pthread_once(&init_once, init));
+    if (job->nchunks == 0 || job->work == NULL) {
+        return OL_EINVAL;
+    }
+    job->generation = atomic_load(&pool.generation);
+    job->state = OL_JOB_QUEUED;
+    job->active = 0;
+    job->done_next = NULL;
+    atomic_store_explicit(&job->cancel, 0, memory_order_relaxed);
+    atomic_store_explicit(&job->status, 0, memory_order_relaxed);
+    atomic_store_explicit(&job->next_chunk, 0, memory_order_relaxed);
+
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    if (pool.stopping) {
+        rc = OL_ESHUTDOWN;
+        goto done;
+    }
+    if (pool.max_queue != 0 && pool.queued >= pool.max_queue) {
+        rc = OL_EAGAIN;
+        goto done;
+    }
+    if (pool.alive < pool.target) {
+        rc = start_workers();
+        if (rc < 0) {
+            goto done;
+        }
+    }
+    if (job->port != NULL) {
+        ol_port_incref(job->port);
+    }
+    queue_link(job, 0);
+    pool.queued++;
+    pool.submitted++;
+    if (pool.idle > 0 && !atomic_load(&pool.spinning)) {
+        if (defer_wake) {
+            rc = 1;
+        }
+        else {
+            OL__CHECK(pthread_cond_signal(&pool.work_cond));
+        }
+    }
+done:
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    if (rc < 0) {
+        job->state = OL_JOB_NEW;
+    }
+    return rc;
+}
+
+void
+ol_pool_kick(void)
+{
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    size_t n = pool.idle;
+    if (n >= pool.queued) {
+        n = pool.queued;
+    }
+    if (n >= pool.idle) {
+        OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
+    }
+    else {
+        while (n-- > 0) {
+            OL__CHECK(pthread_cond_signal(&pool.work_cond));
+        }
+    }
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+}
+
+int
+ol_job_cancel(ol_job_t *job)
+{
+    int ended = 0;
+
+    if (job->generation != ol_fork_generation()) {
+        return 0;
+    }
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    if (job->state == OL_JOB_QUEUED || job->state == OL_JOB_RUNNING) {
+        atomic_store(&job->cancel, 1);
+        if (job->in_queue) {
+            queue_unlink(job);
+        }
+        if (job->active == 0) {
+            if (job->state == OL_JOB_QUEUED) {
+                pool.queued--;
+            }
+            else {
+                pool.running--;
+            }
+            job->state = OL_JOB_DONE;
+            set_status(job, OL_ECANCELED);
+            note_idle_maybe();
+            ended = 1;
+        }
+    }
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    return ended;
+}
+
+void
+ol__deadline_after(struct timespec *ts, long timeout_ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += timeout_ms / 1000;
+    ts->tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+int
+ol_pool_wait_idle(long timeout_ms)
+{
+    struct timespec deadline;
+    int rc = 0;
+
+    OL__CHECK(pthread_once(&init_once, init));
+    ol__deadline_after(&deadline, timeout_ms);
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    pool.idle_waiters++;
+    while (rc == 0 && (pool.queued > 0 || pool.running > 0)) {
+        rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
+    }
+    pool.idle_waiters--;
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    return rc == 0 ? 0 : -ETIMEDOUT;
+}
+
+int
+ol_pool_shutdown(long timeout_ms, size_t *dropped)
+{
+    struct timespec deadline;
+    size_t n = 0;
+    int rc = 0;
+
+    OL__CHECK(pthread_once(&init_once, init));
+    ol__deadline_after(&deadline, timeout_ms);
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    pool.stopping = 1;
+    atomic_store(&ol__stopping, 1);
+    /* Queued jobs never start.  Their owners are going away with the
+     * interpreter, so they are forgotten, not delivered. */
+    while (!queue_empty()) {
+        ol_job_t *job = queue_pop();
+        if (job->state == OL_JOB_QUEUED) {
+            job->state = OL_JOB_DONE;
+            pool.queued--;
+            n++;
+        }
+        atomic_store(&job->cancel, 1);
+    }
+    OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
+    pool.idle_waiters++;
+    while (rc == 0 && pool.alive > 0) {
+        rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
+    }
+    pool.idle_waiters--;
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    if (dropped != NULL) {
+        *dropped = n;
+    }
+    return rc == 0 ? 0 : -ETIMEDOUT;
+}
+
+void
+ol_pool_stats(ol_pool_stats_t *out)
+{
+    OL__CHECK(pthread_once(&init_once, init));
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    out->threads = pool.target;
+    out->threads_alive = pool.alive;
+    out->max_queue = pool.max_queue;
+    out->queued = pool.queued;
+    out->running = pool.running;
+    out->submitted = pool.submitted;
+    out->started = pool.started;
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    out->chunks = atomic_load(&pool.chunks);
+}
+
+void
+ol_job_run_inline(ol_job_t *job)
+{
+    atomic_store_explicit(&job->status, 0, memory_order_relaxed);
+    atomic_store_explicit(&job->next_chunk, 0, memory_order_relaxed);
+    for (size_t i = 0; i < job->nchunks; i++) {
+        int err = job->work(job, i);
+        if (err != 0) {
+            set_status(job, err);
+            return;
+        }
+    }
+    atomic_store(&job->next_chunk, job->nchunks);
+    if (job->finish != NULL) {
+        int err = job->finish(job);
+        if (err != 0) {
+            set_status(job, err);
+        }
+    }
+}

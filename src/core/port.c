@@ -1,0 +1,324 @@
+/* Ports: how finished jobs reach an event loop.
+ *
+ * DESIGN
+ *
+ * A port is a done-list plus an fd the loop watches (an eventfd, or a pipe
+ * where there is none).  Workers append finished jobs under port->lock and
+ * write the fd only when the list goes from empty to non-empty, so one
+ * wake-up of the loop resolves every job finished since the last one.  The
+ * write happens under the lock: the owner closes the fd under the same
+ * lock, so a worker can never write into a closed (or reused) fd number.
+ *
+ * The owner (the loop thread) first clears the fd's readiness, then swaps
+ * the list out under the lock.  A job appended in between is taken with
+ * this swap; a job appended after it writes the fd again.  At worst a
+ * wake-up finds an empty list.
+ *
+ * Lifetime.  port->refs counts the owner plus every submitted job that
+ * names the port; the memory is freed by the last ol_port_decref().  After
+ * ol_port_close() jobs still finishing go to the orphan list, which any
+ * thread holding the interpreter can empty with ol_orphans_take().
+ *
+ * Lock order: a port lock and the orphan lock are never held together
+ * (ol__port_push releases the port lock before it touches the orphans).
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <sys/eventfd.h>
+#define OL_HAVE_EVENTFD 1
+#endif
+
+struct ol_port_s {
+    pthread_mutex_t lock;
+    ol_job_t *head, *tail; /* (lock) the done-list, oldest first */
+    int closed;            /* (lock) ol_port_close() was called */
+    int rfd, wfd;          /* (lock for writers) equal for an eventfd */
+    atomic_uint refs;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    ol_job_t *head, *tail; /* (lock) */
+    atomic_int count;
+} orphans = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int
+open_fds(int *rfd, int *wfd)
+{
+#ifdef OL_HAVE_EVENTFD
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) {
+        return -errno;
+    }
+    *rfd = *wfd = fd;
+    return 0;
+#else
+    int fds[2];
+    if (pipe(fds) != 0) {
+        return -errno;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+    }
+    *rfd = fds[0];
+    *wfd = fds[1];
+    return 0;
+#endif
+}
+
+static void
+close_fds(ol_port_t *port)
+{
+    if (port->rfd >= 0) {
+        close(port->rfd);
+    }
+    if (port->wfd >= 0 && port->wfd != port->rfd) {
+        close(port->wfd);
+    }
+    port->rfd = port->wfd = -1;
+}
+
+int
+ol_port_new(ol_port_t **out)
+{
+    ol_port_t *port = calloc(1, sizeof(*port));
+    int err;
+
+    if (port == NULL) {
+        return OL_ENOMEM;
+    }
+    err = open_fds(&port->rfd, &port->wfd);
+    if (err < 0) {
+        free(port);
+        return err;
+    }
+    OL__CHECK(pthread_mutex_init(&port->lock, NULL));
+    atomic_init(&port->refs, 1);
+    *out = port;
+    return 0;
+}
+
+int
+ol_port_fd(const ol_port_t *port)
+{
+    return port->rfd;
+}
+
+static void
+wake(ol_port_t *port)
+{
+#ifdef OL_HAVE_EVENTFD
+    uint64_t one = 1;
+    ssize_t n = write(port->wfd, &one, sizeof(one));
+#else
+    char one = 1;
+    ssize_t n = write(port->wfd, &one, 1);
+#endif
+    /* EAGAIN: the fd is readable already, which is all a write is for. */
+    (void)n;
+}
+
+static void
+orphan_push(ol_job_t *job)
+{
+    OL__CHECK(pthread_mutex_lock(&orphans.lock));
+    if (orphans.tail != NULL) {
+        orphans.tail->done_next = job;
+    }
+    else {
+        orphans.head = job;
+    }
+    orphans.tail = job;
+    atomic_fetch_add(&orphans.count, 1);
+    OL__CHECK(pthread_mutex_unlock(&orphans.lock));
+}
+
+void
+ol__port_push(ol_port_t *port, ol_job_t *job)
+{
+    job->done_next = NULL;
+    OL__CHECK(pthread_mutex_lock(&port->lock));
+    if (port->closed) {
+        OL__CHECK(pthread_mutex_unlock(&port->lock));
+        orphan_push(job);
+        return;
+    }
+    if (port->tail != NULL) {
+        port->tail->done_next = job;
+        port->tail = job;
+    }
+    else {
+        port->head = port->tail = job;
+        wake(port);
+    }
+    OL__CHECK(pthread_mutex_unlock(&port->lock));
+}
+
+static void
+clear_readiness(ol_port_t *port)
+{
+#ifdef OL_HAVE_EVENTFD
+    uint64_t count;
+    /* One read resets an eventfd's counter to zero. */
+    (void)!read(port->rfd, &count, sizeof(count));
+#else
+    char buf[64];
+    while (read(port->rfd, buf, sizeof(buf)) > 0) {
+    }
+#endif
+}
+
+ol_job_t *
+ol_port_take(ol_port_t *port)
+{
+    ol_job_t *list;
+
+    clear_readiness(port);
+    OL__CHECK(pthread_mutex_lock(&port->lock));
+    list = port->head;
+    port->head = port->tail = NULL;
+    OL__CHECK(pthread_mutex_unlock(&port->lock));
+    return list;
+}
+
+ol_job_t *
+ol_port_close(ol_port_t *port)
+{
+    ol_job_t *list;
+
+    OL__CHECK(pthread_mutex_lock(&port->lock));
+    port->closed = 1;
+    list = port->head;
+    port->head = port->tail = NULL;
+    close_fds(port);
+    OL__CHECK(pthread_mutex_unlock(&port->lock));
+    return list;
+}
+
+void
+ol_port_forget(ol_port_t *port)
+{
+    /* The parent may have held port->lock at fork(): do not take it. */
+    close_fds(port);
+    port->closed = 1;
+    port->head = port->tail = NULL;
+}
+
+void
+ol_port_incref(ol_port_t *port)
+{
+    atomic_fetch_add_explicit(&port->refs, 1, memory_order_relaxed);
+}
+
+void
+ol_port_decref(ol_port_t *port)
+{
+    if (atomic_fetch_sub_explicit(&port->refs, 1, memory_order_acq_rel) ==
+        1) {
+        close_fds(port);
+        pthread_mutex_destroy(&port->lock);
+        free(port);
+    }
+}
+
+ol_job_t *
+ol_orphans_take(void)
+{
+    ol_job_t *list;
+
+    if (atomic_load(&orphans.count) == 0) {
+        return NULL;
+    }
+    OL__CHECK(pthread_mutex_lock(&orphans.lock));
+    list = orphans.head;
+    orphans.head = orphans.tail = NULL;
+    atomic_store(&orphans.count, 0);
+    OL__CHECK(pthread_mutex_unlock(&orphans.lock));
+    return list;
+}
+
+int
+ol_orphans_pending(void)
+{
+    return atomic_load(&orphans.count) > 0;
+}
+
+void
+ol__orphans_lock(void)
+{
+    OL__CHECK(pthread_mutex_lock(&orphans.lock));
+}
+
+void
+ol__orphans_unlock(void)
+{
+    OL__CHECK(pthread_mutex_unlock(&orphans.lock));
+}
+
+void
+ol__orphans_reset_after_fork(void)
+{
+    orphans.head = orphans.tail = NULL;
+    atomic_store(&orphans.count, 0);
+}
+
+/* ---- waiters ------------------------------------------------------- */
+
+void
+ol_waiter_init(ol_waiter_t *w)
+{
+    pthread_condattr_t attr;
+
+    OL__CHECK(pthread_mutex_init(&w->lock, NULL));
+    OL__CHECK(pthread_condattr_init(&attr));
+#ifdef __linux__
+    OL__CHECK(pthread_condattr_setclock(&attr, CLOCK_MONOTONIC));
+#endif
+    OL__CHECK(pthread_cond_init(&w->cond, &attr));
+    OL__CHECK(pthread_condattr_destroy(&attr));
+    w->done = 0;
+}
+
+void
+ol_waiter_destroy(ol_waiter_t *w)
+{
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+}
+
+void
+ol__waiter_wake(ol_waiter_t *w)
+{
+    OL__CHECK(pthread_mutex_lock(&w->lock));
+    w->done = 1;
+    OL__CHECK(pthread_cond_signal(&w->cond));
+    /* The waiter may destroy w as soon as we unlock. */
+    OL__CHECK(pthread_mutex_unlock(&w->lock));
+}
+
+int
+ol_waiter_wait(ol_waiter_t *w, long timeout_ms)
+{
+    struct timespec deadline;
+    int rc = 0, done;
+
+    if (timeout_ms >= 0) {
+        ol__deadline_after(&deadline, timeout_ms);
+    }
+    OL__CHECK(pthread_mutex_lock(&w->lock));
+    while (!w->done && rc == 0) {
+        rc = timeout_ms < 0
+                 ? pthread_cond_wait(&w->cond, &w->lock)
+                 : pthread_cond_timedwait(&w->cond, &w->lock, &deadline);
+    }
+    done = w->done;
+    OL__CHECK(pthread_mutex_unlock(&w->lock));
+    return done;
+}

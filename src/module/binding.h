@@ -1,0 +1,128 @@
+/* Shared between the files of the extension module offloop._core.
+ *
+ * A Python-side job (ol_pyjob) wraps a core job with what the interpreter
+ * needs: the future it resolves, and a kind that knows how to turn the
+ * finished work into a Python result and how to drop its references.
+ * Every function here runs with the GIL held unless it says otherwise.
+ */
+#ifndef OFFLOOP_BINDING_H
+#define OFFLOOP_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "offloop-core.h"
+
+typedef struct ol_pyjob_s ol_pyjob;
+
+typedef struct {
+    const char *name;
+    /* Worker, no GIL (except the kind of offloop.run). */
+    ol_work_cb work;
+    ol_finish_cb finish; /* may be NULL */
+    /* GIL held, on the thread that resolves the job, only if the job's
+     * status is 0: the result, or NULL with an exception set. */
+    PyObject *(*complete)(ol_pyjob *job);
+    /* GIL held, exactly once, whatever happened: drop references and
+     * buffers held by the payload.  May be NULL. */
+    void (*release)(ol_pyjob *job);
+} ol_jobkind;
+
+struct ol_pyjob_s {
+    ol_job_t core;
+    const ol_jobkind *kind;
+    PyObject *future; /* strong; NULL for a blocking call */
+    ol_waiter_t *waiter;
+    /* Kind-specific data follows, aligned for any type. */
+    _Alignas(max_align_t) unsigned char payload[];
+};
+
+#define OL_PAYLOAD(job, type) ((type *)(void *)(job)->payload)
+
+typedef struct {
+    PyTypeObject *PortType;
+    PyTypeObject *FutureType;     /* our subclass of asyncio.Future */
+    PyTypeObject *AsyncioFuture;  /* its base */
+    PyObject *get_running_loop;   /* asyncio._get_running_loop */
+    PyObject *CancelledError;
+    PyObject *InvalidStateError;
+    PyObject *ports;              /* {id(loop): Port} */
+    PyObject *kw_loop;            /* ("loop",) */
+    PyObject *str_add_reader;
+    PyObject *str_remove_reader;
+    PyObject *str_call_soon;
+    PyObject *str_is_closed;
+    PyObject *str_set_result;
+    PyObject *str_set_exception;
+    PyObject *str_cancel;
+    PyObject *last_loop;          /* borrowed, compared by address only */
+    PyObject *last_port;          /* strong */
+} ol_state;
+
+/* Process-wide counters: the pool is process-wide, and every update
+ * happens with the GIL held. */
+typedef struct {
+    unsigned long long completed, failed, cancelled, dropped;
+    unsigned long long wakeups, resolved, inline_runs;
+    long long live; /* jobs allocated and not yet freed */
+} ol_counters;
+
+extern ol_counters ol_count;
+
+/* module.c */
+ol_state *ol_get_state(PyObject *module);
+ol_state *ol_get_state_by_type(PyTypeObject *tp);
+extern PyModuleDef ol_moduledef;
+
+/* errors.c: the one place that maps core errors to exceptions. */
+PyObject *ol_set_pyerr(ol_state *st, int err);
+const char *ol_strerror(int err);
+
+/* jobs.c */
+ol_pyjob *ol_pyjob_new(const ol_jobkind *kind, size_t payload_size,
+                       size_t nchunks);
+/* Release and free a job that was never submitted, or that is back. */
+void ol_pyjob_free(ol_pyjob *job);
+/* Turn a finished job into its result (new ref) or NULL + exception. */
+PyObject *ol_pyjob_result(ol_state *st, ol_pyjob *job);
+/* Submit to the running loop: returns a future (new ref), or NULL with an
+ * exception set (the job is then freed).  If `inline_ok`, the job runs on
+ * this thread and the future is returned done. */
+PyObject *ol_submit_async(ol_state *st, ol_pyjob *job, int inline_ok);
+/* Submit and wait with the GIL released: the result, or NULL + exception
+ * (the job is freed either way). */
+PyObject *ol_submit_blocking(ol_state *st, ol_pyjob *job);
+/* Resolve one job taken from a port, on its loop's thread. */
+void ol_resolve(ol_state *st, ol_pyjob *job);
+/* The raised exception, normalized, with its traceback attached. */
+PyObject *ol_fetch_exception(void);
+/* Drop a job whose loop is gone: count it, release it. */
+void ol_drop(ol_pyjob *job);
+/* Drop every orphaned job (their loops closed before they finished). */
+void ol_drain_orphans(void);
+
+/* future.c: the asyncio.Future subclass whose cancel() reaches the job. */
+int ol_future_init_type(PyObject *module, ol_state *st);
+PyObject *ol_future_new(ol_state *st, PyObject *loop, ol_pyjob *job);
+/* The job a future still waits for; NULL once cancelled or resolved. */
+ol_pyjob *ol_future_job(PyObject *fut);
+void ol_future_detach(PyObject *fut);
+
+/* port_type.c */
+int ol_port_init_type(PyObject *module, ol_state *st);
+/* The port of the running loop, created on first use (borrowed ref), and
+ * the loop itself (borrowed, valid while the caller runs). */
+PyObject *ol_port_for_running_loop(ol_state *st, PyObject **loop_out);
+ol_port_t *ol_port_core(PyObject *port);
+/* Ask for one ol_pool_kick() at the next tick of the port's loop. */
+int ol_port_schedule_kick(ol_state *st, PyObject *port, PyObject *loop);
+/* Release ports whose loop is closed or gone; with `all`, every port. */
+void ol_ports_sweep(ol_state *st, int all);
+
+/* testing.c, run.c */
+extern PyMethodDef ol_testing_methods[];
+extern PyMethodDef ol_run_methods[];
+int ol_run_module_init(PyObject *module);
+void ol_run_shutdown(double timeout);
+
+#endif /* OFFLOOP_BINDING_H */

@@ -1,0 +1,164 @@
+/* offloop._core.Future: an asyncio.Future whose cancel() reaches the job.
+ *
+ * A subclass of the C asyncio.Future (_asyncio.Future), made at import time
+ * from the base's own size, with one extra field: the job the future waits
+ * for.  Only the loop thread touches that field (futures are single-thread
+ * objects): it is set at submit, cleared when the job is resolved or when
+ * the future is cancelled.  Cancelling a future whose job is still queued
+ * ends the job on the spot; a running job sees the cancel flag at its next
+ * chunk, and its late result is discarded by ol_resolve().
+ *
+ * A future subclass keeps Task and gather working unchanged (they accept
+ * any asyncio.Future), costs no extra call per job (a done callback would
+ * cost one loop callback per job), and needs no Python-level object.
+ */
+#include "binding.h"
+
+static Py_ssize_t job_offset; /* where our field sits: the base's size */
+
+#define FUTURE_JOB(fut) (*(ol_pyjob **)((char *)(fut) + job_offset))
+
+ol_pyjob *
+ol_future_job(PyObject *fut)
+{
+    return FUTURE_JOB(fut);
+}
+
+void
+ol_future_detach(PyObject *fut)
+{
+    FUTURE_JOB(fut) = NULL;
+}
+
+PyObject *
+ol_future_new(ol_state *st, PyObject *loop, ol_pyjob *job)
+{
+    PyObject *args[1] = {loop};
+    PyObject *fut = PyObject_Vectorcall((PyObject *)st->FutureType, args, 0,
+                                        st->kw_loop);
+
+    if (fut != NULL) {
+        FUTURE_JOB(fut) = job;
+    }
+    return fut;
+}
+
+PyDoc_STRVAR(Future_cancel_doc,
+             "cancel($self, /, msg=None)\n--\n\n"
+             "Cancel the future and the native job behind it.\n\n"
+             "A queued job never starts; a running one stops at its next "
+             "chunk.");
+
+static PyObject *
+Future_cancel(PyObject *self, PyObject *const *args, size_t nargsf,
+              PyObject *kwnames)
+{
+    ol_state *st = ol_get_state_by_type(Py_TYPE(self));
+    PyObject *base_cancel, *res;
+
+    /* The base decides whether cancelling is possible (not done yet). */
+    base_cancel = PyObject_GetAttr((PyObject *)st->AsyncioFuture,
+                                   st->str_cancel);
+    if (base_cancel == NULL) {
+        return NULL;
+    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *stack[3];
+    if (nargs + nkw > 1) {
+        Py_DECREF(base_cancel);
+        PyErr_SetString(PyExc_TypeError,
+                        "cancel() takes at most one argument (msg)");
+        return NULL;
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+        stack[1 + i] = args[i];
+    }
+    res = PyObject_Vectorcall(base_cancel, stack, 1 + nargs, kwnames);
+    Py_DECREF(base_cancel);
+    if (res == Py_True) {
+        ol_pyjob *job = FUTURE_JOB(self);
+        FUTURE_JOB(self) = NULL;
+        if (job != NULL && ol_job_cancel(&job->core) == 1) {
+            /* The job never started or stopped between chunks: it is
+             * ours again, and nobody will deliver it. */
+            ol_count.cancelled++;
+            ol_pyjob_free(job);
+        }
+    }
+    return res;
+}
+
+static void
+Future_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    ol_state *st = ol_get_state_by_type(tp);
+
+    /* The base's dealloc runs the finalizer (which reports an exception
+     * never retrieved) only for the exact base type; do it here. */
+    if (PyObject_CallFinalizerFromDealloc(self) < 0) {
+        return; /* resurrected */
+    }
+    st->AsyncioFuture->tp_dealloc(self);
+    Py_DECREF(tp);
+}
+
+static int
+Future_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    ol_state *st = ol_get_state_by_type(Py_TYPE(self));
+
+    Py_VISIT(Py_TYPE(self));
+    return st->AsyncioFuture->tp_traverse(self, visit, arg);
+}
+
+static PyMethodDef Future_methods[] = {
+    {"cancel", (PyCFunction)(void (*)(void))Future_cancel,
+     METH_FASTCALL | METH_KEYWORDS, Future_cancel_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+ol_future_init_type(PyObject *module, ol_state *st)
+{
+    PyObject *asyncio_mod = PyImport_ImportModule("_asyncio");
+    PyObject *bases = NULL;
+    PyType_Slot slots[] = {
+        {Py_tp_dealloc, Future_dealloc},
+        {Py_tp_traverse, Future_traverse},
+        {Py_tp_methods, Future_methods},
+        {Py_tp_doc, "An asyncio.Future resolved by an offloop job."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "offloop._core.Future",
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+                 Py_TPFLAGS_IMMUTABLETYPE,
+        .slots = slots,
+    };
+
+    if (asyncio_mod == NULL) {
+        return -1;
+    }
+    st->AsyncioFuture =
+        (PyTypeObject *)PyObject_GetAttrString(asyncio_mod, "Future");
+    Py_DECREF(asyncio_mod);
+    if (st->AsyncioFuture == NULL) {
+        return -1;
+    }
+    job_offset = st->AsyncioFuture->tp_basicsize;
+    spec.basicsize = (int)(job_offset + sizeof(ol_pyjob *));
+    bases = PyTuple_Pack(1, (PyObject *)st->AsyncioFuture);
+    if (bases == NULL) {
+        return -1;
+    }
+    st->FutureType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, bases);
+    Py_DECREF(bases);
+    if (st->FutureType == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->FutureType);
+}

@@ -1,0 +1,401 @@
+/* The Port type: one per event loop, the loop's end of a core port.
+ *
+ * Created the first time a loop submits (on that loop's thread), it
+ * registers the core port's fd with loop.add_reader().  Its reader callback
+ * takes the whole done-list and resolves every job in one pass.
+ *
+ * The registry st->ports maps id(loop) to the Port; a Port holds only a
+ * weak reference to its loop, so the registry never keeps a loop alive.
+ * Ports are released (reader removed first, then the fd closed) when their
+ * loop is garbage-collected (weakref callback) or found closed by a sweep;
+ * a sweep runs whenever a new port is made and from stats(), so a program
+ * that makes a loop per test holds at most the ports of loops still open
+ * plus the ones closed since the last sweep.  Jobs delivered to a released
+ * port are dropped (counted, references released, futures untouched).
+ *
+ * After fork(), a child's ports from the parent are stale: their fd and
+ * epoll registration are shared with the parent, so the child only closes
+ * its copy of the fd, never calls remove_reader, and makes new ports.
+ */
+#include "binding.h"
+
+typedef struct {
+    PyObject_HEAD
+    ol_port_t *port;       /* NULL once released */
+    PyObject *loop_ref;    /* weakref to the loop */
+    PyObject *key;         /* id(loop), our key in st->ports */
+    PyObject *on_readable; /* bound method given to add_reader */
+    PyObject *kick;        /* bound method given to call_soon */
+    unsigned generation;   /* fork generation the port was made in */
+    int fd;
+    int kick_pending;      /* a kick is scheduled on the loop */
+} OlPortObject;
+
+#define PORT(op) ((OlPortObject *)(op))
+
+ol_port_t *
+ol_port_core(PyObject *port)
+{
+    return PORT(port)->port;
+}
+
+static PyObject *
+port_loop(OlPortObject *self) /* borrowed, or NULL if gone */
+{
+    PyObject *loop;
+
+    if (self->loop_ref == NULL) {
+        return NULL;
+    }
+    loop = PyWeakref_GetObject(self->loop_ref);
+    return loop == Py_None ? NULL : loop;
+}
+
+static int
+loop_is_closed(ol_state *st, PyObject *loop)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(loop, st->str_is_closed);
+    int closed;
+
+    if (r == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    closed = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return closed != 0;
+}
+
+/* Remove the reader (if the loop can still be asked), close the fd, drop
+ * the jobs delivered and not yet resolved. */
+static void
+port_release(ol_state *st, OlPortObject *self)
+{
+    ol_port_t *port = self->port;
+    PyObject *loop = port_loop(self);
+
+    if (port == NULL) {
+        return;
+    }
+    self->port = NULL;
+    if (st->last_port == (PyObject *)self) {
+        st->last_loop = NULL;
+        Py_CLEAR(st->last_port);
+    }
+    if (self->generation != ol_fork_generation()) {
+        ol_port_forget(port); /* the parent's: never touch its epoll */
+    }
+    else {
+        if (loop != NULL && !loop_is_closed(st, loop)) {
+            PyObject *fd = PyLong_FromLong(self->fd);
+            PyObject *r = fd ? PyObject_CallMethodOneArg(
+                                   loop, st->str_remove_reader, fd)
+                             : NULL;
+            if (r == NULL) {
+                PyErr_Clear();
+            }
+            Py_XDECREF(r);
+            Py_XDECREF(fd);
+        }
+        ol_job_t *list = ol_port_close(port);
+        while (list != NULL) {
+            ol_job_t *next = list->done_next;
+            ol_drop((ol_pyjob *)list);
+            list = next;
+        }
+        ol_port_decref(port);
+    }
+    Py_CLEAR(self->loop_ref);
+}
+
+static PyObject *
+Port_on_readable(PyObject *op, PyObject *unused)
+{
+    OlPortObject *self = PORT(op);
+    ol_state *st = ol_get_state_by_type(Py_TYPE(op));
+    ol_job_t *list;
+
+    if (self->port == NULL) {
+        Py_RETURN_NONE;
+    }
+    list = ol_port_take(self->port);
+    ol_count.wakeups++;
+    while (list != NULL) {
+        ol_job_t *next = list->done_next;
+        ol_resolve(st, (ol_pyjob *)list);
+        list = next;
+    }
+    if (ol_orphans_pending()) {
+        ol_drain_orphans();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Port_kick(PyObject *op, PyObject *unused)
+{
+    PORT(op)->kick_pending = 0;
+    ol_pool_kick();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Port_loop_gone(PyObject *op, PyObject *weakref)
+{
+    ol_state *st = ol_get_state_by_type(Py_TYPE(op));
+    OlPortObject *self = PORT(op);
+    PyObject *key = Py_XNewRef(self->key);
+
+    port_release(st, self);
+    if (key != NULL) {
+        PyObject *cur = PyDict_GetItemWithError(st->ports, key);
+        if (cur == op && PyDict_DelItem(st->ports, key) < 0) {
+            PyErr_Clear();
+        }
+        Py_DECREF(key);
+    }
+    Py_RETURN_NONE;
+}
+
+int
+ol_port_schedule_kick(ol_state *st, PyObject *op, PyObject *loop)
+{
+    OlPortObject *self = PORT(op);
+    PyObject *r;
+
+    if (self->kick_pending) {
+        return 0;
+    }
+    r = PyObject_CallMethodOneArg(loop, st->str_call_soon, self->kick);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    self->kick_pending = 1;
+    return 0;
+}
+
+void
+ol_ports_sweep(ol_state *st, int all)
+{
+    PyObject *items = PyDict_Items(st->ports);
+
+    if (items == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        PyObject *key = PyTuple_GET_ITEM(pair, 0);
+        OlPortObject *port = PORT(PyTuple_GET_ITEM(pair, 1));
+        PyObject *loop = port_loop(port);
+
+        if (all || loop == NULL || port->generation != ol_fork_generation() ||
+            loop_is_closed(st, loop)) {
+            port_release(st, port);
+            if (PyDict_DelItem(st->ports, key) < 0) {
+                PyErr_Clear();
+            }
+        }
+    }
+    Py_DECREF(items);
+}
+
+static PyObject *
+port_new(ol_state *st, PyObject *loop, PyObject *key)
+{
+    OlPortObject *self;
+    PyObject *r, *fd, *gone = NULL;
+    int err;
+
+    self = PyObject_GC_New(OlPortObject, st->PortType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->port = NULL;
+    self->loop_ref = self->key = self->on_readable = self->kick = NULL;
+    self->generation = ol_fork_generation();
+    self->kick_pending = 0;
+    self->fd = -1;
+    PyObject_GC_Track(self);
+
+    err = ol_port_new(&self->port);
+    if (err < 0) {
+        ol_set_pyerr(st, err);
+        goto error;
+    }
+    self->fd = ol_port_fd(self->port);
+    self->key = Py_NewRef(key);
+    self->on_readable = PyObject_GetAttrString((PyObject *)self,
+                                               "_on_readable");
+    self->kick = PyObject_GetAttrString((PyObject *)self, "_kick");
+    gone = PyObject_GetAttrString((PyObject *)self, "_loop_gone");
+    if (self->on_readable == NULL || self->kick == NULL || gone == NULL) {
+        goto error;
+    }
+    self->loop_ref = PyWeakref_NewRef(loop, gone);
+    Py_CLEAR(gone);
+    if (self->loop_ref == NULL) {
+        goto error;
+    }
+    fd = PyLong_FromLong(self->fd);
+    r = fd ? PyObject_CallMethodObjArgs(loop, st->str_add_reader, fd,
+                                        self->on_readable, NULL)
+           : NULL;
+    Py_XDECREF(fd);
+    if (r == NULL) {
+        /* Not registered: closing the fd needs no remove_reader. */
+        Py_CLEAR(self->loop_ref);
+        goto error;
+    }
+    Py_DECREF(r);
+    return (PyObject *)self;
+
+error:
+    Py_XDECREF(gone);
+    port_release(st, self);
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyObject *
+ol_port_for_running_loop(ol_state *st, PyObject **loop_out)
+{
+    PyObject *loop, *key, *port;
+
+    loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop == NULL) {
+        return NULL;
+    }
+    /* The running loop stays alive while it runs us: borrow it. */
+    Py_DECREF(loop);
+    if (loop == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "no running event loop: await this call inside a "
+                        "coroutine, or use offloop.blocking outside one");
+        return NULL;
+    }
+    *loop_out = loop;
+    if (loop == st->last_loop && port_loop(PORT(st->last_port)) == loop &&
+        PORT(st->last_port)->port != NULL) {
+        return st->last_port;
+    }
+    key = PyLong_FromVoidPtr(loop);
+    if (key == NULL) {
+        return NULL;
+    }
+    port = PyDict_GetItemWithError(st->ports, key);
+    if (port != NULL &&
+        (PORT(port)->port == NULL || port_loop(PORT(port)) != loop ||
+         PORT(port)->generation != ol_fork_generation())) {
+        /* A loop that died at this address, or a port from before fork. */
+        port_release(st, PORT(port));
+        if (PyDict_DelItem(st->ports, key) < 0) {
+            goto error;
+        }
+        port = NULL;
+    }
+    if (port == NULL) {
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+        ol_drain_orphans();
+        ol_ports_sweep(st, 0);
+        port = port_new(st, loop, key);
+        if (port == NULL) {
+            goto error;
+        }
+        if (PyDict_SetItem(st->ports, key, port) < 0) {
+            port_release(st, PORT(port));
+            Py_DECREF(port);
+            goto error;
+        }
+        Py_DECREF(port); /* the registry holds it */
+    }
+    Py_DECREF(key);
+    st->last_loop = loop;
+    Py_XSETREF(st->last_port, Py_NewRef(port));
+    return port;
+
+error:
+    Py_DECREF(key);
+    return NULL;
+}
+
+static int
+Port_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    OlPortObject *self = PORT(op);
+
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->loop_ref);
+    Py_VISIT(self->on_readable);
+    Py_VISIT(self->kick);
+    return 0;
+}
+
+static int
+Port_clear(PyObject *op)
+{
+    OlPortObject *self = PORT(op);
+
+    Py_CLEAR(self->loop_ref);
+    Py_CLEAR(self->on_readable);
+    Py_CLEAR(self->kick);
+    Py_CLEAR(self->key);
+    return 0;
+}
+
+static void
+Port_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+
+    PyObject_GC_UnTrack(op);
+    if (PORT(op)->port != NULL) {
+        port_release(ol_get_state_by_type(tp), PORT(op));
+    }
+    (void)Port_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Port_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<offloop Port fd=%d%s>", PORT(op)->fd,
+                                PORT(op)->port ? "" : " released");
+}
+
+static PyMethodDef Port_methods[] = {
+    {"_on_readable", Port_on_readable, METH_NOARGS,
+     "Resolve every job delivered since the last wake-up."},
+    {"_kick", Port_kick, METH_NOARGS, "Wake workers for queued jobs."},
+    {"_loop_gone", Port_loop_gone, METH_O, "Weakref callback."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+ol_port_init_type(PyObject *module, ol_state *st)
+{
+    PyType_Slot slots[] = {
+        {Py_tp_dealloc, Port_dealloc},
+        {Py_tp_traverse, Port_traverse},
+        {Py_tp_clear, Port_clear},
+        {Py_tp_repr, Port_repr},
+        {Py_tp_methods, Port_methods},
+        {Py_tp_doc, "An event loop's end of an offloop completion port."},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "offloop._core.Port",
+        .basicsize = sizeof(OlPortObject),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+                 Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = slots,
+    };
+
+    st->PortType =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, NULL);
+    return st->PortType == NULL ? -1 : 0;
+}

@@ -1,0 +1,202 @@
+/* offloop.run(fn, *args, **kwargs): a Python callable on the pool.
+ *
+ * The one kind of job whose worker takes the GIL (DESIGN invariant 1): it
+ * is meant for callables that release the GIL themselves (hashlib, zlib,
+ * numpy).  Each worker keeps one interpreter thread state for its life,
+ * made on its first such job, so a call costs a GIL hand-off and nothing
+ * more.  The caller's contextvars are copied at submit and entered around
+ * the call, as asyncio.to_thread does.
+ *
+ * Interpreter exit: ol_run_shutdown() (from atexit) sets `closing`, then
+ * waits, with the GIL released and for a bounded time, until no worker is
+ * between its `closing` check and the end of its call.  After that no
+ * worker takes the GIL again: a worker that did while the interpreter
+ * finalizes would be stopped inside CPython.
+ */
+#include "binding.h"
+
+typedef struct {
+    PyObject *fn, *args, *kwargs, *context;
+    PyObject *result, *exception; /* set by the worker, GIL held */
+} run_payload;
+
+static PyInterpreterState *interp;
+static _Thread_local PyThreadState *worker_tstate;
+static atomic_int closing;
+static atomic_int inside; /* workers past the closing check */
+
+static int
+run_work(ol_job_t *core, size_t chunk)
+{
+    run_payload *p = OL_PAYLOAD((ol_pyjob *)core, run_payload);
+
+    atomic_fetch_add(&inside, 1);
+    if (atomic_load(&closing) || ol_job_cancelled(core)) {
+        atomic_fetch_sub(&inside, 1);
+        return ol_job_cancelled(core) ? OL_ECANCELED : OL_ESHUTDOWN;
+    }
+    if (worker_tstate == NULL) {
+        worker_tstate = PyThreadState_New(interp);
+        if (worker_tstate == NULL) {
+            atomic_fetch_sub(&inside, 1);
+            return OL_ENOMEM;
+        }
+    }
+    PyEval_RestoreThread(worker_tstate);
+    if (PyContext_Enter(p->context) == 0) {
+        p->result = PyObject_Call(p->fn, p->args, p->kwargs);
+        (void)PyContext_Exit(p->context);
+    }
+    if (p->result == NULL) {
+        p->exception = ol_fetch_exception();
+    }
+    (void)PyEval_SaveThread();
+    atomic_fetch_sub(&inside, 1);
+    return 0;
+}
+
+/* Worker exit hook: free the thread state, unless the interpreter is
+ * going away (then it is left to the process exit). */
+static void
+run_thread_exit(void)
+{
+    if (worker_tstate == NULL || atomic_load(&closing)) {
+        return;
+    }
+    PyEval_RestoreThread(worker_tstate);
+    PyThreadState_Clear(worker_tstate);
+    PyThreadState_DeleteCurrent();
+    worker_tstate = NULL;
+}
+
+static PyObject *
+run_complete(ol_pyjob *job)
+{
+    run_payload *p = OL_PAYLOAD(job, run_payload);
+
+    if (p->exception != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(p->exception), p->exception);
+        return NULL;
+    }
+    return Py_NewRef(p->result);
+}
+
+static void
+run_release(ol_pyjob *job)
+{
+    run_payload *p = OL_PAYLOAD(job, run_payload);
+
+    Py_CLEAR(p->fn);
+    Py_CLEAR(p->args);
+    Py_CLEAR(p->kwargs);
+    Py_CLEAR(p->context);
+    Py_CLEAR(p->result);
+    Py_CLEAR(p->exception);
+}
+
+static const ol_jobkind run_kind = {.name = "run",
+                                    .work = run_work,
+                                    .complete = run_complete,
+                                    .release = run_release};
+
+static ol_pyjob *
+run_job(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ol_pyjob *job;
+    run_payload *p;
+
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "run() missing required argument: 'fn'");
+        return NULL;
+    }
+    if (!PyCallable_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError,
+                     "run(): fn must be callable, not %.100s",
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    job = ol_pyjob_new(&run_kind, sizeof(run_payload), 1);
+    if (job == NULL) {
+        return NULL;
+    }
+    p = OL_PAYLOAD(job, run_payload);
+    p->fn = Py_NewRef(args[0]);
+    p->args = PyTuple_New(nargs - 1);
+    p->context = PyContext_CopyCurrent();
+    if (p->args == NULL || p->context == NULL) {
+        goto error;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        PyTuple_SET_ITEM(p->args, i - 1, Py_NewRef(args[i]));
+    }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        p->kwargs = PyDict_New();
+        if (p->kwargs == NULL) {
+            goto error;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            if (PyDict_SetItem(p->kwargs, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0) {
+                goto error;
+            }
+        }
+    }
+    return job;
+
+error:
+    ol_pyjob_free(job);
+    return NULL;
+}
+
+static PyObject *
+run(PyObject *module, PyObject *const *args, size_t nargsf,
+    PyObject *kwnames)
+{
+    ol_pyjob *job = run_job(args, PyVectorcall_NARGS(nargsf), kwnames);
+
+    return job ? ol_submit_async(ol_get_state(module), job, 0) : NULL;
+}
+
+static PyObject *
+run_blocking(PyObject *module, PyObject *const *args, size_t nargsf,
+             PyObject *kwnames)
+{
+    ol_pyjob *job = run_job(args, PyVectorcall_NARGS(nargsf), kwnames);
+
+    return job ? ol_submit_blocking(ol_get_state(module), job) : NULL;
+}
+
+void
+ol_run_shutdown(double timeout)
+{
+    struct timespec slice = {0, 1000000L};
+    long waited_ms = 0;
+
+    atomic_store(&closing, 1);
+    Py_BEGIN_ALLOW_THREADS
+    while (atomic_load(&inside) > 0 && waited_ms < timeout * 1000) {
+        nanosleep(&slice, NULL); /* bounded poll at exit, not a test sync */
+        waited_ms++;
+    }
+    Py_END_ALLOW_THREADS
+}
+
+int
+ol_run_module_init(PyObject *module)
+{
+    interp = PyInterpreterState_Get();
+    ol_pool_set_thread_exit_hook(run_thread_exit);
+    return 0;
+}
+
+PyMethodDef ol_run_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL | METH_KEYWORDS,
+     "run($module, fn, /, *args, **kwargs)\n--\n\n"
+     "Call fn(*args, **kwargs) on the pool; return an awaitable future."},
+    {"run_blocking", (PyCFunction)(void (*)(void))run_blocking,
+     METH_FASTCALL | METH_KEYWORDS,
+     "run_blocking($module, fn, /, *args, **kwargs)\n--\n\n"
+     "Call fn(*args, **kwargs) on the pool and wait for the result."},
+    {NULL, NULL, 0, NULL},
+};
