@@ -268,6 +268,7 @@ static PyObject *
 live_jobs(PyObject *module, PyObject *unused)
 {
     ol_drain_orphans();
+    ol_ports_sweep(ol_get_state(module), 0); /* drops closed loops' jobs */
     return PyLong_FromLongLong(ol_count.live);
 }
 
