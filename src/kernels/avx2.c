@@ -1,0 +1,243 @@
+/* AVX2 + FMA kernels (compiled with -mavx2 -mfma; run only when
+ * dispatch.c has seen both in CPUID).
+ *
+ * Sums keep 4 or more independent vector accumulators so that FMA latency
+ * (4 cycles, 2 per cycle) is hidden, and the last d % 8 elements go
+ * through a masked load so every length runs the same code, without a
+ * scalar tail and without reading past the end of a row.
+ */
+#include <immintrin.h>
+
+#include "internal.h"
+
+/* Lanes [0, n) set, for a masked load of the last n < 8 elements. */
+static __m256i
+tail_mask(size_t n)
+{
+    static const int32_t bits[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                     0,  0,  0,  0,  0,  0,  0,  0};
+    return _mm256_loadu_si256((const __m256i *)(bits + 8 - n));
+}
+
+static float
+hsum(__m256 v)
+{
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v),
+                          _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+static float
+dot_sumsq(const float *q, const float *m, size_t d, float *sumsq)
+{
+    __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
+    __m256 s0 = d0, s1 = d0, s2 = d0, s3 = d0;
+    size_t j = 0;
+
+    for (; j + 32 <= d; j += 32) {
+        __m256 m0 = _mm256_loadu_ps(m + j), m1 = _mm256_loadu_ps(m + j + 8);
+        __m256 m2 = _mm256_loadu_ps(m + j + 16);
+        __m256 m3 = _mm256_loadu_ps(m + j + 24);
+        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), m0, d0);
+        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 8), m1, d1);
+        d2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 16), m2, d2);
+        d3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 24), m3, d3);
+        s0 = _mm256_fmadd_ps(m0, m0, s0);
+        s1 = _mm256_fmadd_ps(m1, m1, s1);
+        s2 = _mm256_fmadd_ps(m2, m2, s2);
+        s3 = _mm256_fmadd_ps(m3, m3, s3);
+    }
+    for (; j + 8 <= d; j += 8) {
+        __m256 m0 = _mm256_loadu_ps(m + j);
+        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), m0, d0);
+        s0 = _mm256_fmadd_ps(m0, m0, s0);
+    }
+    if (j < d) {
+        __m256i k = tail_mask(d - j);
+        __m256 m0 = _mm256_maskload_ps(m + j, k);
+        d1 = _mm256_fmadd_ps(_mm256_maskload_ps(q + j, k), m0, d1);
+        s1 = _mm256_fmadd_ps(m0, m0, s1);
+    }
+    *sumsq = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    return hsum(_mm256_add_ps(_mm256_add_ps(d0, d1), _mm256_add_ps(d2, d3)));
+}
+
+static float
+sumsq(const float *m, size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    size_t j = 0;
+
+    for (; j + 32 <= d; j += 32) {
+        __m256 m0 = _mm256_loadu_ps(m + j), m1 = _mm256_loadu_ps(m + j + 8);
+        __m256 m2 = _mm256_loadu_ps(m + j + 16);
+        __m256 m3 = _mm256_loadu_ps(m + j + 24);
+        s0 = _mm256_fmadd_ps(m0, m0, s0);
+        s1 = _mm256_fmadd_ps(m1, m1, s1);
+        s2 = _mm256_fmadd_ps(m2, m2, s2);
+        s3 = _mm256_fmadd_ps(m3, m3, s3);
+    }
+    for (; j + 8 <= d; j += 8) {
+        __m256 m0 = _mm256_loadu_ps(m + j);
+        s0 = _mm256_fmadd_ps(m0, m0, s0);
+    }
+    if (j < d) {
+        __m256 m0 = _mm256_maskload_ps(m + j, tail_mask(d - j));
+        s1 = _mm256_fmadd_ps(m0, m0, s1);
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+/* The GEMM-style micro-kernel: 3 rows x 4 queries = 12 accumulators, plus
+ * 3 row vectors and 1 query vector, fill the 16 ymm registers.  Per step
+ * 7 loads feed 12 FMAs, so the two FMA pipes, not the loads, set the
+ * pace. */
+#define RB 3
+#define QB 4
+
+static void
+block(const float *const *mr, const float *const *qi, size_t d,
+      float *dots)
+{
+    __m256 acc[QB][RB];
+    const float *m0 = mr[0], *m1 = mr[1], *m2 = mr[2];
+    size_t j = 0;
+    int i;
+
+    for (i = 0; i < QB; i++) {
+        acc[i][0] = acc[i][1] = acc[i][2] = _mm256_setzero_ps();
+    }
+    for (; j + 8 <= d; j += 8) {
+        __m256 a = _mm256_loadu_ps(m0 + j), b = _mm256_loadu_ps(m1 + j);
+        __m256 c = _mm256_loadu_ps(m2 + j);
+#pragma GCC unroll 4
+        for (i = 0; i < QB; i++) {
+            __m256 v = _mm256_loadu_ps(qi[i] + j);
+            acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(v, b, acc[i][1]);
+            acc[i][2] = _mm256_fmadd_ps(v, c, acc[i][2]);
+        }
+    }
+    if (j < d) {
+        __m256i k = tail_mask(d - j);
+        __m256 a = _mm256_maskload_ps(m0 + j, k);
+        __m256 b = _mm256_maskload_ps(m1 + j, k);
+        __m256 c = _mm256_maskload_ps(m2 + j, k);
+        for (i = 0; i < QB; i++) {
+            __m256 v = _mm256_maskload_ps(qi[i] + j, k);
+            acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(v, b, acc[i][1]);
+            acc[i][2] = _mm256_fmadd_ps(v, c, acc[i][2]);
+        }
+    }
+    for (i = 0; i < QB; i++) {
+        dots[i * OL__RB_MAX + 0] = hsum(acc[i][0]);
+        dots[i * OL__RB_MAX + 1] = hsum(acc[i][1]);
+        dots[i * OL__RB_MAX + 2] = hsum(acc[i][2]);
+    }
+}
+
+static const ol__scan_ops scan_ops = {block, dot_sumsq, sumsq, RB, QB};
+
+/* Four steps of 8 per iteration: 12 independent chains (dot, |a|^2 and
+ * |b|^2, four each) keep both FMA pipes busy despite their latency. */
+static float
+cosine(const float *a, const float *b, size_t n)
+{
+    __m256 dt[4], aa[4], bb[4];
+    double sd, sa, sb;
+    size_t j = 0;
+    int u;
+
+    for (u = 0; u < 4; u++) {
+        dt[u] = aa[u] = bb[u] = _mm256_setzero_ps();
+    }
+    for (; j + 32 <= n; j += 32) {
+#pragma GCC unroll 4
+        for (u = 0; u < 4; u++) {
+            __m256 x = _mm256_loadu_ps(a + j + 8 * u);
+            __m256 y = _mm256_loadu_ps(b + j + 8 * u);
+            dt[u] = _mm256_fmadd_ps(x, y, dt[u]);
+            aa[u] = _mm256_fmadd_ps(x, x, aa[u]);
+            bb[u] = _mm256_fmadd_ps(y, y, bb[u]);
+        }
+    }
+    for (; j < n; j += 8) {
+        /* At most four more steps; the last is masked if n % 8 != 0. */
+        __m256i k = tail_mask(n - j < 8 ? n - j : 8);
+        __m256 x = _mm256_maskload_ps(a + j, k);
+        __m256 y = _mm256_maskload_ps(b + j, k);
+        dt[0] = _mm256_fmadd_ps(x, y, dt[0]);
+        aa[0] = _mm256_fmadd_ps(x, x, aa[0]);
+        bb[0] = _mm256_fmadd_ps(y, y, bb[0]);
+    }
+    sd = hsum(_mm256_add_ps(_mm256_add_ps(dt[0], dt[1]),
+                            _mm256_add_ps(dt[2], dt[3])));
+    sa = hsum(_mm256_add_ps(_mm256_add_ps(aa[0], aa[1]),
+                            _mm256_add_ps(aa[2], aa[3])));
+    sb = hsum(_mm256_add_ps(_mm256_add_ps(bb[0], bb[1]),
+                            _mm256_add_ps(bb[2], bb[3])));
+    if (sa == 0.0 || sb == 0.0) {
+        return 0.0f;
+    }
+    return (float)(sd / sqrt(sa * sb));
+}
+
+static void
+normalize_rows(const float *x, float *out, size_t d, size_t row_begin,
+               size_t row_end)
+{
+    size_t r, j;
+
+    for (r = row_begin; r < row_end; r++) {
+        const float *xr = x + r * d;
+        float *o = out + r * d;
+        __m256 inv = _mm256_set1_ps(ol__inv_sqrt(sumsq(xr, d)));
+        for (j = 0; j + 32 <= d; j += 32) {
+            __m256 v0 = _mm256_mul_ps(_mm256_loadu_ps(xr + j), inv);
+            __m256 v1 = _mm256_mul_ps(_mm256_loadu_ps(xr + j + 8), inv);
+            __m256 v2 = _mm256_mul_ps(_mm256_loadu_ps(xr + j + 16), inv);
+            __m256 v3 = _mm256_mul_ps(_mm256_loadu_ps(xr + j + 24), inv);
+            _mm256_storeu_ps(o + j, v0);
+            _mm256_storeu_ps(o + j + 8, v1);
+            _mm256_storeu_ps(o + j + 16, v2);
+            _mm256_storeu_ps(o + j + 24, v3);
+        }
+        for (; j + 8 <= d; j += 8) {
+            _mm256_storeu_ps(o + j,
+                             _mm256_mul_ps(_mm256_loadu_ps(xr + j), inv));
+        }
+        if (j < d) {
+            __m256i k = tail_mask(d - j);
+            _mm256_maskstore_ps(
+                o + j, k, _mm256_mul_ps(_mm256_maskload_ps(xr + j, k), inv));
+        }
+    }
+}
+
+static void
+cosine_rows(const float *q, const float *q_inv_norm, size_t nq,
+            const float *m, size_t d, size_t row_begin, size_t row_end,
+            int m_normalized, float *out, size_t out_stride)
+{
+    ol__scan(&scan_ops, q, q_inv_norm, nq, m, d, row_begin, row_end,
+             m_normalized, out, out_stride, NULL);
+}
+
+static void
+topk_rows(const float *q, const float *q_inv_norm, size_t nq,
+          const float *m, size_t d, size_t row_begin, size_t row_end,
+          int m_normalized, ol_topk *lists)
+{
+    ol__scan(&scan_ops, q, q_inv_norm, nq, m, d, row_begin, row_end,
+             m_normalized, NULL, 0, lists);
+}
+
+const ol__kernel_table ol__kernels_avx2 = {
+    cosine,
+    normalize_rows,
+    cosine_rows,
+    topk_rows,
+};

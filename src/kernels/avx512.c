@@ -1,0 +1,218 @@
+/* AVX-512F kernels (compiled with -mavx512f -mavx2 -mfma; run only when
+ * dispatch.c has seen all three in CPUID).
+ *
+ * Besides the wider vectors, AVX-512 brings 32 registers, which allow a
+ * larger register block in the multi-query micro-kernel (fewer loads per
+ * FMA), and mask registers, which handle the last d % 16 elements of a
+ * row with one masked step instead of a scalar tail.  Masked-off lanes are
+ * never read, so no load crosses the end of a row.
+ */
+#include <immintrin.h>
+
+#include "internal.h"
+
+static __mmask16
+tail_mask(size_t n)
+{
+    return (__mmask16)((1u << n) - 1u);
+}
+
+static float
+dot_sumsq(const float *q, const float *m, size_t d, float *sumsq)
+{
+    __m512 dt[4], ss[4];
+    size_t j = 0;
+    int u;
+
+    for (u = 0; u < 4; u++) {
+        dt[u] = ss[u] = _mm512_setzero_ps();
+    }
+    for (; j + 64 <= d; j += 64) {
+#pragma GCC unroll 4
+        for (u = 0; u < 4; u++) {
+            __m512 v = _mm512_loadu_ps(m + j + 16 * u);
+            dt[u] = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 16 * u), v,
+                                    dt[u]);
+            ss[u] = _mm512_fmadd_ps(v, v, ss[u]);
+        }
+    }
+    for (; j < d; j += 16) {
+        __mmask16 k = tail_mask(d - j < 16 ? d - j : 16);
+        __m512 v = _mm512_maskz_loadu_ps(k, m + j);
+        dt[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, q + j), v, dt[0]);
+        ss[0] = _mm512_fmadd_ps(v, v, ss[0]);
+    }
+    *sumsq = _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(ss[0], ss[1]), _mm512_add_ps(ss[2], ss[3])));
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(dt[0], dt[1]),
+                                              _mm512_add_ps(dt[2], dt[3])));
+}
+
+static float
+sumsq(const float *m, size_t d)
+{
+    __m512 ss[4];
+    size_t j = 0;
+    int u;
+
+    for (u = 0; u < 4; u++) {
+        ss[u] = _mm512_setzero_ps();
+    }
+    for (; j + 64 <= d; j += 64) {
+#pragma GCC unroll 4
+        for (u = 0; u < 4; u++) {
+            __m512 v = _mm512_loadu_ps(m + j + 16 * u);
+            ss[u] = _mm512_fmadd_ps(v, v, ss[u]);
+        }
+    }
+    for (; j < d; j += 16) {
+        __mmask16 k = tail_mask(d - j < 16 ? d - j : 16);
+        __m512 v = _mm512_maskz_loadu_ps(k, m + j);
+        ss[0] = _mm512_fmadd_ps(v, v, ss[0]);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(ss[0], ss[1]),
+                                              _mm512_add_ps(ss[2], ss[3])));
+}
+
+/* 6 rows x 4 queries = 24 accumulators, plus 6 row vectors and one query
+ * vector: 31 of the 32 zmm registers.  10 loads feed 24 FMAs per step. */
+#define RB 6
+#define QB 4
+
+static void
+block(const float *const *mr, const float *const *qi, size_t d,
+      float *dots)
+{
+    __m512 acc[QB][RB];
+    const float *mp[RB], *qp[QB];
+    size_t j = 0;
+    int i, r;
+
+    for (r = 0; r < RB; r++) {
+        mp[r] = mr[r];
+    }
+    for (i = 0; i < QB; i++) {
+        qp[i] = qi[i];
+        for (r = 0; r < RB; r++) {
+            acc[i][r] = _mm512_setzero_ps();
+        }
+    }
+    for (; j < d; j += 16) {
+        /* Full steps load everything; the last step of a row whose
+         * length is not a multiple of 16 is masked. */
+        __mmask16 k = tail_mask(d - j < 16 ? d - j : 16);
+        __m512 mv[RB];
+#pragma GCC unroll 8
+        for (r = 0; r < RB; r++) {
+            mv[r] = _mm512_maskz_loadu_ps(k, mp[r] + j);
+        }
+#pragma GCC unroll 8
+        for (i = 0; i < QB; i++) {
+            __m512 v = _mm512_maskz_loadu_ps(k, qp[i] + j);
+#pragma GCC unroll 8
+            for (r = 0; r < RB; r++) {
+                acc[i][r] = _mm512_fmadd_ps(v, mv[r], acc[i][r]);
+            }
+        }
+    }
+    for (i = 0; i < QB; i++) {
+        for (r = 0; r < RB; r++) {
+            dots[i * OL__RB_MAX + r] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+}
+
+static const ol__scan_ops scan_ops = {block, dot_sumsq, sumsq, RB, QB};
+
+/* Two steps of 16 per iteration: 6 independent chains of 512-bit FMAs,
+ * which Zen 4 and Skylake-X both issue at one per cycle. */
+static float
+cosine(const float *a, const float *b, size_t n)
+{
+    __m512 dt[2], aa[2], bb[2];
+    double sd, sa, sb;
+    size_t j = 0;
+    int u;
+
+    for (u = 0; u < 2; u++) {
+        dt[u] = aa[u] = bb[u] = _mm512_setzero_ps();
+    }
+    for (; j + 32 <= n; j += 32) {
+#pragma GCC unroll 2
+        for (u = 0; u < 2; u++) {
+            __m512 x = _mm512_loadu_ps(a + j + 16 * u);
+            __m512 y = _mm512_loadu_ps(b + j + 16 * u);
+            dt[u] = _mm512_fmadd_ps(x, y, dt[u]);
+            aa[u] = _mm512_fmadd_ps(x, x, aa[u]);
+            bb[u] = _mm512_fmadd_ps(y, y, bb[u]);
+        }
+    }
+    for (; j < n; j += 16) {
+        __mmask16 k = tail_mask(n - j < 16 ? n - j : 16);
+        __m512 x = _mm512_maskz_loadu_ps(k, a + j);
+        __m512 y = _mm512_maskz_loadu_ps(k, b + j);
+        dt[0] = _mm512_fmadd_ps(x, y, dt[0]);
+        aa[0] = _mm512_fmadd_ps(x, x, aa[0]);
+        bb[0] = _mm512_fmadd_ps(y, y, bb[0]);
+    }
+    sd = _mm512_reduce_add_ps(_mm512_add_ps(dt[0], dt[1]));
+    sa = _mm512_reduce_add_ps(_mm512_add_ps(aa[0], aa[1]));
+    sb = _mm512_reduce_add_ps(_mm512_add_ps(bb[0], bb[1]));
+    if (sa == 0.0 || sb == 0.0) {
+        return 0.0f;
+    }
+    return (float)(sd / sqrt(sa * sb));
+}
+
+static void
+normalize_rows(const float *x, float *out, size_t d, size_t row_begin,
+               size_t row_end)
+{
+    size_t r, j;
+
+    for (r = row_begin; r < row_end; r++) {
+        const float *xr = x + r * d;
+        float *o = out + r * d;
+        __m512 inv = _mm512_set1_ps(ol__inv_sqrt(sumsq(xr, d)));
+        for (j = 0; j + 64 <= d; j += 64) {
+            __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(xr + j), inv);
+            __m512 v1 = _mm512_mul_ps(_mm512_loadu_ps(xr + j + 16), inv);
+            __m512 v2 = _mm512_mul_ps(_mm512_loadu_ps(xr + j + 32), inv);
+            __m512 v3 = _mm512_mul_ps(_mm512_loadu_ps(xr + j + 48), inv);
+            _mm512_storeu_ps(o + j, v0);
+            _mm512_storeu_ps(o + j + 16, v1);
+            _mm512_storeu_ps(o + j + 32, v2);
+            _mm512_storeu_ps(o + j + 48, v3);
+        }
+        for (; j < d; j += 16) {
+            __mmask16 k = tail_mask(d - j < 16 ? d - j : 16);
+            __m512 v = _mm512_maskz_loadu_ps(k, xr + j);
+            _mm512_mask_storeu_ps(o + j, k, _mm512_mul_ps(v, inv));
+        }
+    }
+}
+
+static void
+cosine_rows(const float *q, const float *q_inv_norm, size_t nq,
+            const float *m, size_t d, size_t row_begin, size_t row_end,
+            int m_normalized, float *out, size_t out_stride)
+{
+    ol__scan(&scan_ops, q, q_inv_norm, nq, m, d, row_begin, row_end,
+             m_normalized, out, out_stride, NULL);
+}
+
+static void
+topk_rows(const float *q, const float *q_inv_norm, size_t nq,
+          const float *m, size_t d, size_t row_begin, size_t row_end,
+          int m_normalized, ol_topk *lists)
+{
+    ol__scan(&scan_ops, q, q_inv_norm, nq, m, d, row_begin, row_end,
+             m_normalized, NULL, 0, lists);
+}
+
+const ol__kernel_table ol__kernels_avx512 = {
+    cosine,
+    normalize_rows,
+    cosine_rows,
+    topk_rows,
+};
