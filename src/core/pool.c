@@ -59,12 +59,15 @@ static struct {
     pthread_cond_t idle_cond; /* ol_pool_wait_idle(), shutdown */
     ol__qnode_t queue;        /* (lock) circular, head node */
     size_t queued;            /* (lock) jobs in OL_JOB_QUEUED */
-    size_t running;           /* (lock) jobs in OL_JOB_RUNNING */
+    /* Jobs started and not yet delivered.  Atomic: the worker decrements
+     * it after delivery, without the lock, so that ol_pool_wait_idle()
+     * returning means every job has reached its port or waiter. */
+    atomic_size_t running;
     size_t max_queue;         /* (lock) 0: unbounded */
     unsigned target;          /* (lock) configured size */
     unsigned alive;           /* (lock) workers running */
     unsigned idle;            /* (lock) workers waiting on work_cond */
-    unsigned idle_waiters;    /* (lock) threads waiting on idle_cond */
+    atomic_uint idle_waiters; /* threads waiting on idle_cond */
     int stopping;             /* (lock) ol_pool_shutdown() was called */
     uint64_t submitted;       /* (lock) */
     uint64_t started;         /* (lock) */
@@ -169,8 +172,10 @@ after_fork_child(void)
     ol__orphans_unlock();
     ol__orphans_reset_after_fork();
     pool.queue.next = pool.queue.prev = &pool.queue;
-    pool.queued = pool.running = 0;
-    pool.alive = pool.idle = pool.idle_waiters = 0;
+    pool.queued = 0;
+    atomic_store(&pool.running, 0);
+    atomic_store(&pool.idle_waiters, 0);
+    pool.alive = pool.idle = 0;
     pool.stopping = 0;
     atomic_store(&ol__stopping, 0);
     atomic_store(&pool.pending, 0);
@@ -317,8 +322,23 @@ end_job(ol_job_t *job)
 static void
 note_idle_maybe(void)
 {
-    if (pool.idle_waiters > 0 && pool.queued == 0 && pool.running == 0) {
+    if (atomic_load(&pool.idle_waiters) > 0 && pool.queued == 0 &&
+        atomic_load(&pool.running) == 0) {
         OL__CHECK(pthread_cond_broadcast(&pool.idle_cond));
+    }
+}
+
+/* A worker delivered a job: it leaves the running set.  The decrement and
+ * the load of idle_waiters pair with the waiter's increment and load of
+ * running (both sequentially consistent), so one of them sees the other. */
+static void
+note_delivered(void)
+{
+    if (atomic_fetch_sub(&pool.running, 1) == 1 &&
+        atomic_load(&pool.idle_waiters) > 0) {
+        OL__CHECK(pthread_mutex_lock(&pool.lock));
+        note_idle_maybe();
+        OL__CHECK(pthread_mutex_unlock(&pool.lock));
     }
 }
 
@@ -383,7 +403,7 @@ worker(void *arg)
         if (job->state == OL_JOB_QUEUED) {
             job->state = OL_JOB_RUNNING;
             pool.queued--;
-            pool.running++;
+            atomic_fetch_add(&pool.running, 1);
             pool.started++;
         }
         OL__CHECK(pthread_mutex_unlock(&pool.lock));
@@ -395,12 +415,11 @@ worker(void *arg)
                    job->state != OL_JOB_DONE;
         if (last) {
             job->state = OL_JOB_DONE;
-            pool.running--;
-            note_idle_maybe();
         }
         OL__CHECK(pthread_mutex_unlock(&pool.lock));
         if (last) {
             end_job(job); /* job may be freed by its owner from here on */
+            note_delivered();
         }
         if (atomic_load(&pool.pending) == 0) {
             spin();
@@ -554,7 +573,7 @@ ol_job_cancel(ol_job_t *job)
                 pool.queued--;
             }
             else {
-                pool.running--;
+                atomic_fetch_sub(&pool.running, 1);
             }
             job->state = OL_JOB_DONE;
             set_status(job, OL_ECANCELED);
@@ -587,11 +606,11 @@ ol_pool_wait_idle(long timeout_ms)
     OL__CHECK(pthread_once(&init_once, init));
     ol__deadline_after(&deadline, timeout_ms);
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    pool.idle_waiters++;
-    while (rc == 0 && (pool.queued > 0 || pool.running > 0)) {
+    atomic_fetch_add(&pool.idle_waiters, 1);
+    while (rc == 0 && (pool.queued > 0 || atomic_load(&pool.running) > 0)) {
         rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
     }
-    pool.idle_waiters--;
+    atomic_fetch_sub(&pool.idle_waiters, 1);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     return rc == 0 ? 0 : -ETIMEDOUT;
 }
@@ -620,11 +639,11 @@ ol_pool_shutdown(long timeout_ms, size_t *dropped)
         atomic_store(&job->cancel, 1);
     }
     OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
-    pool.idle_waiters++;
+    atomic_fetch_add(&pool.idle_waiters, 1);
     while (rc == 0 && pool.alive > 0) {
         rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
     }
-    pool.idle_waiters--;
+    atomic_fetch_sub(&pool.idle_waiters, 1);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     if (dropped != NULL) {
         *dropped = n;
@@ -641,7 +660,7 @@ ol_pool_stats(ol_pool_stats_t *out)
     out->threads_alive = pool.alive;
     out->max_queue = pool.max_queue;
     out->queued = pool.queued;
-    out->running = pool.running;
+    out->running = atomic_load(&pool.running);
     out->submitted = pool.submitted;
     out->started = pool.started;
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
