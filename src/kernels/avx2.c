@@ -106,6 +106,9 @@ block(const float *const *mr, const float *const *qi, size_t d,
     size_t j = 0;
     int i;
 
+    /* Every loop over the block is fully unrolled: a loop left rolled
+     * indexes acc[][] at run time and pins it to the stack. */
+#pragma GCC unroll 4
     for (i = 0; i < QB; i++) {
         acc[i][0] = acc[i][1] = acc[i][2] = _mm256_setzero_ps();
     }
@@ -125,6 +128,7 @@ block(const float *const *mr, const float *const *qi, size_t d,
         __m256 a = _mm256_maskload_ps(m0 + j, k);
         __m256 b = _mm256_maskload_ps(m1 + j, k);
         __m256 c = _mm256_maskload_ps(m2 + j, k);
+#pragma GCC unroll 4
         for (i = 0; i < QB; i++) {
             __m256 v = _mm256_maskload_ps(qi[i] + j, k);
             acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
@@ -132,6 +136,7 @@ block(const float *const *mr, const float *const *qi, size_t d,
             acc[i][2] = _mm256_fmadd_ps(v, c, acc[i][2]);
         }
     }
+#pragma GCC unroll 4
     for (i = 0; i < QB; i++) {
         dots[i * OL__RB_MAX + 0] = hsum(acc[i][0]);
         dots[i * OL__RB_MAX + 1] = hsum(acc[i][1]);
