@@ -122,18 +122,22 @@ reduce16(const __m512 *v, float *out)
     _mm512_storeu_ps(out, s1);
 }
 
-/* 4 rows x 4 queries = 16 accumulators, reduced together by reduce16();
- * with 4 row vectors and a query vector, 21 of the 32 zmm registers.
- * 8 loads feed 16 FMAs per step. */
-#define RB 4
+/* 6 rows x 4 queries = 24 accumulators, plus 6 row vectors and one query
+ * vector: 31 of the 32 zmm registers.  10 loads feed 24 FMAs per step,
+ * and the fixed cost of a call (reduction, scoring) is spread over 24
+ * pairs; 4 x 4 measured 10% slower.  Full steps use plain loads: masked
+ * loads in the main loop cost another 10% (they cannot be folded into
+ * the FMAs). */
+#define RB 6
 #define QB 4
+#define NACC (((QB * RB) + 15) / 16 * 16)
 
 static void
 block(const float *const *mr, const float *const *qi, size_t d,
       float *dots)
 {
-    __m512 acc[QB * RB];
-    float sums[QB * RB];
+    __m512 acc[NACC];
+    float sums[NACC];
     const float *mp[RB], *qp[QB];
     size_t j = 0;
     int i, r;
@@ -148,14 +152,29 @@ block(const float *const *mr, const float *const *qi, size_t d,
     for (i = 0; i < QB; i++) {
         qp[i] = qi[i];
     }
-#pragma GCC unroll 16
-    for (i = 0; i < QB * RB; i++) {
+#pragma GCC unroll 32
+    for (i = 0; i < NACC; i++) {
         acc[i] = _mm512_setzero_ps();
     }
-    for (; j < d; j += 16) {
-        /* Full steps load everything; the last step of a row whose
-         * length is not a multiple of 16 is masked. */
-        __mmask16 k = tail_mask(d - j < 16 ? d - j : 16);
+    for (; j + 16 <= d; j += 16) {
+        __m512 mv[RB];
+#pragma GCC unroll 8
+        for (r = 0; r < RB; r++) {
+            mv[r] = _mm512_loadu_ps(mp[r] + j);
+        }
+#pragma GCC unroll 8
+        for (i = 0; i < QB; i++) {
+            __m512 v = _mm512_loadu_ps(qp[i] + j);
+#pragma GCC unroll 8
+            for (r = 0; r < RB; r++) {
+                acc[i * RB + r] = _mm512_fmadd_ps(v, mv[r], acc[i * RB + r]);
+            }
+        }
+    }
+    if (j < d) {
+        /* The last d % 16 elements: masked loads, which never touch the
+         * memory past the end of the row. */
+        __mmask16 k = tail_mask(d - j);
         __m512 mv[RB];
 #pragma GCC unroll 8
         for (r = 0; r < RB; r++) {
@@ -170,7 +189,10 @@ block(const float *const *mr, const float *const *qi, size_t d,
             }
         }
     }
-    reduce16(acc, sums);
+#pragma GCC unroll 2
+    for (i = 0; i < NACC; i += 16) {
+        reduce16(acc + i, sums + i);
+    }
 #pragma GCC unroll 8
     for (i = 0; i < QB; i++) {
 #pragma GCC unroll 8
