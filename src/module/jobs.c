@@ -82,6 +82,21 @@ ol_fetch_exception(void)
     return value;
 }
 
+static PyObject *
+set_exception(ol_state *st, PyObject *fut, PyObject *exc)
+{
+    PyObject *ok = PyObject_CallMethodOneArg(fut, st->str_set_exception, exc);
+
+    if (ok == NULL && !PyErr_ExceptionMatches(st->InvalidStateError)) {
+        /* asyncio refuses some exceptions (StopIteration): resolve the
+         * future with the refusal itself rather than leave it pending. */
+        PyObject *refusal = ol_fetch_exception();
+        ok = PyObject_CallMethodOneArg(fut, st->str_set_exception, refusal);
+        Py_DECREF(refusal);
+    }
+    return ok;
+}
+
 /* Set the job's result or exception on the future, and count it. */
 static void
 settle(ol_state *st, PyObject *fut, ol_pyjob *job)
@@ -97,7 +112,7 @@ settle(ol_state *st, PyObject *fut, ol_pyjob *job)
     else {
         PyObject *exc = ol_fetch_exception();
         ol_count.failed++;
-        ok = PyObject_CallMethodOneArg(fut, st->str_set_exception, exc);
+        ok = set_exception(st, fut, exc);
         Py_DECREF(exc);
     }
     if (ok == NULL) {
