@@ -21,10 +21,11 @@
  * Wake-ups.  An idle worker waits on work_cond.  One worker at a time may
  * spin for a short, adaptive time after its job before it sleeps, so that
  * a caller awaiting one job at a time does not pay a second cross-thread
- * wake-up.  A submitter signals only if no worker is spinning, or defers
- * the signal to ol_pool_kick() (the binding calls it once per loop tick).
- * The spinner clears `spinning` before it takes the lock to look at the
- * queue, so a job pushed while it spins is never missed.
+ * wake-up.  A submitter signals unless a spinning worker will take its
+ * job (the only one queued), or defers the signal to ol_pool_kick() (the
+ * binding calls it once per loop tick).  The spinner clears `spinning`
+ * before it takes the lock to look at the queue, so a job pushed while it
+ * spins is never missed.
  *
  * Priority.  Workers run at a higher nice value than the process (Linux:
  * per-thread nice), so that an event loop thread preempts them.
@@ -301,8 +302,9 @@ static void
 end_job(ol_job_t *job)
 {
     if (ol_job_status(job) == 0 &&
-        atomic_load(&job->next_chunk) < job->nchunks) {
-        set_status(job, OL_ECANCELED); /* stopped between chunks */
+        (atomic_load(&job->next_chunk) < job->nchunks ||
+         ol_job_cancelled(job))) {
+        set_status(job, OL_ECANCELED); /* stopped, or cancelled in time */
     }
     if (ol_job_status(job) == 0 && job->finish != NULL) {
         int err = job->finish(job);
@@ -519,7 +521,9 @@ ol_pool_submit(ol_job_t *job, int defer_wake)
     queue_link(job, 0);
     pool.queued++;
     pool.submitted++;
-    if (pool.idle > 0 && !atomic_load(&pool.spinning)) {
+    /* A spinning worker takes one job: wake another for the rest. */
+    if (pool.idle > 0 &&
+        (!atomic_load(&pool.spinning) || atomic_load(&pool.pending) > 1)) {
         if (defer_wake) {
             rc = 1;
         }
@@ -628,17 +632,32 @@ ol_pool_shutdown(long timeout_ms, size_t *dropped)
     pool.stopping = 1;
     atomic_store(&ol__stopping, 1);
     /* Queued jobs never start.  Their owners are going away with the
-     * interpreter, so they are forgotten, not delivered. */
+     * interpreter, so they are forgotten, not delivered.  A started job
+     * put back for idle workers, with no worker inside, is ended here. */
+    ol_job_t *orphaned = NULL;
     while (!queue_empty()) {
         ol_job_t *job = queue_pop();
+        atomic_store(&job->cancel, 1);
         if (job->state == OL_JOB_QUEUED) {
             job->state = OL_JOB_DONE;
             pool.queued--;
             n++;
         }
-        atomic_store(&job->cancel, 1);
+        else if (job->active == 0) {
+            job->state = OL_JOB_DONE;
+            job->done_next = orphaned;
+            orphaned = job;
+        }
     }
     OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    while (orphaned != NULL) {
+        ol_job_t *next = orphaned->done_next;
+        end_job(orphaned);
+        note_delivered();
+        orphaned = next;
+    }
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
     atomic_fetch_add(&pool.idle_waiters, 1);
     while (rc == 0 && pool.alive > 0) {
         rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);

@@ -257,7 +257,9 @@ ol_submit_blocking(ol_state *st, ol_pyjob *job)
 
     if (ol_in_worker()) {
         /* On a worker, waiting for another worker could deadlock. */
+        Py_BEGIN_ALLOW_THREADS
         ol_job_run_inline(&job->core);
+        Py_END_ALLOW_THREADS
         ol_count.inline_runs++;
     }
     else {
