@@ -153,6 +153,13 @@ int ol_pool_shutdown(long timeout_ms, size_t *dropped);
 
 void ol_pool_stats(ol_pool_stats_t *out);
 
+/* True once ol_pool_shutdown() was called (in this process). */
+static inline int
+ol_pool_stopping(void)
+{
+    return atomic_load(&ol__stopping);
+}
+
 /* Incremented in a child after fork(): jobs and ports from before belong
  * to the parent.  The child starts a fresh pool on its first submit. */
 unsigned ol_fork_generation(void);

@@ -123,6 +123,7 @@ void ol_ports_sweep(ol_state *st, int all);
 extern PyMethodDef ol_testing_methods[];
 extern PyMethodDef ol_run_methods[];
 int ol_run_module_init(PyObject *module);
-void ol_run_shutdown(double timeout);
+/* Stop taking the GIL on workers; returns the time left of `timeout`. */
+double ol_run_shutdown(double timeout);
 
 #endif /* OFFLOOP_BINDING_H */

@@ -15,6 +15,10 @@
 #include "binding.h"
 
 static Py_ssize_t job_offset; /* where our field sits: the base's size */
+/* The base's dealloc and traverse, kept here: at interpreter exit a future
+ * can outlive the module state that also holds the base type. */
+static destructor base_dealloc;
+static traverseproc base_traverse;
 
 #define FUTURE_JOB(fut) (*(ol_pyjob **)((char *)(fut) + job_offset))
 
@@ -94,24 +98,21 @@ static void
 Future_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    ol_state *st = ol_get_state_by_type(tp);
 
     /* The base's dealloc runs the finalizer (which reports an exception
      * never retrieved) only for the exact base type; do it here. */
     if (PyObject_CallFinalizerFromDealloc(self) < 0) {
         return; /* resurrected */
     }
-    st->AsyncioFuture->tp_dealloc(self);
+    base_dealloc(self);
     Py_DECREF(tp);
 }
 
 static int
 Future_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    ol_state *st = ol_get_state_by_type(Py_TYPE(self));
-
     Py_VISIT(Py_TYPE(self));
-    return st->AsyncioFuture->tp_traverse(self, visit, arg);
+    return base_traverse(self, visit, arg);
 }
 
 static PyMethodDef Future_methods[] = {
@@ -149,6 +150,8 @@ ol_future_init_type(PyObject *module, ol_state *st)
         return -1;
     }
     job_offset = st->AsyncioFuture->tp_basicsize;
+    base_dealloc = st->AsyncioFuture->tp_dealloc;
+    base_traverse = st->AsyncioFuture->tp_traverse;
     spec.basicsize = (int)(job_offset + sizeof(ol_pyjob *));
     bases = PyTuple_Pack(1, (PyObject *)st->AsyncioFuture);
     if (bases == NULL) {

@@ -17,6 +17,7 @@
 #include "binding.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 ol_counters ol_count;
 
@@ -248,6 +249,20 @@ wait_blocking(ol_pyjob *job, ol_waiter_t *w)
     return 0;
 }
 
+/* The interpreter is exiting and cancelled this (daemon) thread's job:
+ * an exception here would print a traceback as the process ends.  Wait,
+ * without the GIL, for the process to end instead, like any daemon thread
+ * blocked in C. */
+static void
+park_until_exit(void)
+{
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        pause();
+    }
+    Py_END_ALLOW_THREADS
+}
+
 PyObject *
 ol_submit_blocking(ol_state *st, ol_pyjob *job)
 {
@@ -279,6 +294,9 @@ ol_submit_blocking(ol_state *st, ol_pyjob *job)
             ol_pyjob_free(job);
             return NULL;
         }
+    }
+    if (ol_job_status(&job->core) == OL_ECANCELED && ol_pool_stopping()) {
+        park_until_exit();
     }
     res = ol_pyjob_result(st, job);
     if (res != NULL) {

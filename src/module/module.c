@@ -142,7 +142,8 @@ shutdown(PyObject *module, PyObject *arg)
     if (timeout == -1.0 && PyErr_Occurred()) {
         return NULL;
     }
-    ol_run_shutdown(timeout);
+    /* One deadline for both steps. */
+    timeout = ol_run_shutdown(timeout);
     Py_BEGIN_ALLOW_THREADS
     rc = ol_pool_shutdown((long)(timeout * 1000), &dropped);
     Py_END_ALLOW_THREADS
@@ -252,6 +253,9 @@ core_clear(PyObject *module)
 
     st->last_loop = NULL;
     Py_CLEAR(st->last_port);
+    if (st->ports != NULL) {
+        ol_ports_sweep(st, 1); /* while the state they need is still here */
+    }
     Py_CLEAR(st->ports);
     Py_CLEAR(st->PortType);
     Py_CLEAR(st->FutureType);

@@ -78,6 +78,13 @@ port_release(ol_state *st, OlPortObject *self)
         return;
     }
     self->port = NULL;
+    if (st->ports == NULL) {
+        /* Interpreter exit, module state already cleared: close the fd,
+         * leave the jobs (their memory goes with the process). */
+        ol_port_forget(port);
+        Py_CLEAR(self->loop_ref);
+        return;
+    }
     if (st->last_port == (PyObject *)self) {
         st->last_loop = NULL;
         Py_CLEAR(st->last_port);

@@ -167,26 +167,44 @@ run_blocking(PyObject *module, PyObject *const *args, size_t nargsf,
     return job ? ol_submit_blocking(ol_get_state(module), job) : NULL;
 }
 
-void
+double
 ol_run_shutdown(double timeout)
 {
     struct timespec slice = {0, 1000000L};
-    long waited_ms = 0;
+    double left = timeout;
 
     atomic_store(&closing, 1);
     Py_BEGIN_ALLOW_THREADS
-    while (atomic_load(&inside) > 0 && waited_ms < timeout * 1000) {
+    while (atomic_load(&inside) > 0 && left > 0) {
         nanosleep(&slice, NULL); /* bounded poll at exit, not a test sync */
-        waited_ms++;
+        left -= 0.001;
     }
     Py_END_ALLOW_THREADS
+    return left > 0 ? left : 0;
+}
+
+/* In a child after fork(): the parent's workers are not here. */
+static void
+after_fork_child(void)
+{
+    atomic_store(&inside, 0);
+    atomic_store(&closing, 0);
+}
+
+static void
+register_fork_handler(void)
+{
+    (void)pthread_atfork(NULL, NULL, after_fork_child);
 }
 
 int
 ol_run_module_init(PyObject *module)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+
     interp = PyInterpreterState_Get();
     ol_pool_set_thread_exit_hook(run_thread_exit);
+    (void)pthread_once(&once, register_fork_handler);
     return 0;
 }
 
