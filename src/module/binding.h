@@ -119,9 +119,13 @@ int ol_port_schedule_kick(ol_state *st, PyObject *port, PyObject *loop);
 /* Release ports whose loop is closed or gone; with `all`, every port. */
 void ol_ports_sweep(ol_state *st, int all);
 
-/* testing.c, run.c */
+/* testing.c, run.c, vectors.c */
 extern PyMethodDef ol_testing_methods[];
 extern PyMethodDef ol_run_methods[];
+extern PyMethodDef ol_vector_methods[];
+
+/* capi.c: the capsule behind include/offloop.h. */
+int ol_capi_init(PyObject *module);
 int ol_run_module_init(PyObject *module);
 /* Stop taking the GIL on workers; returns the time left of `timeout`. */
 double ol_run_shutdown(double timeout);

@@ -222,7 +222,8 @@ core_exec(PyObject *module)
         add_methods(module, core_methods) < 0 ||
         add_methods(module, ol_testing_methods) < 0 ||
         add_methods(module, ol_run_methods) < 0 ||
-        ol_run_module_init(module) < 0) {
+        add_methods(module, ol_vector_methods) < 0 ||
+        ol_run_module_init(module) < 0 || ol_capi_init(module) < 0) {
         return -1;
     }
     return 0;
