@@ -370,8 +370,11 @@ spin(void)
         __builtin_ia32_pause();
 #endif
     }
-    /* Adapt: spinning that keeps finding work is worth more of it. */
-    budget = found ? budget * 2 : budget / 2;
+    /* Adapt: a spin that found work resets the budget to the most; each
+     * one that found none trims it by an eighth, so a caller awaiting one
+     * job at a time keeps its spinner while an idle pool stops burning
+     * CPU after a few dozen jobs. */
+    budget = found ? OL_SPIN_MAX_NS : budget - budget / 8;
     budget = budget < OL_SPIN_MIN_NS ? OL_SPIN_MIN_NS : budget;
     budget = budget > OL_SPIN_MAX_NS ? OL_SPIN_MAX_NS : budget;
     atomic_store(&pool.spin_ns, budget);
