@@ -19,9 +19,17 @@ import atexit as _atexit
 
 from . import _core
 from ._core import Future, configure, stats
+from ._core import (  # vector kernels: C entry points, no wrapper
+    batch_normalize,
+    cosine_similarities,
+    cosine_similarity,
+    top_k,
+)
 
 __version__ = "0.1.0"
-__all__ = ["Future", "blocking", "configure", "run", "stats"]
+__all__ = ["Future", "batch_normalize", "blocking", "configure",
+           "cosine_similarities", "cosine_similarity", "run", "stats",
+           "top_k"]
 
 #: Seconds interpreter exit waits for running jobs to stop.
 SHUTDOWN_TIMEOUT = 2.0

@@ -8,8 +8,13 @@ job and raises KeyboardInterrupt.  Called on an offloop worker (from inside
 """
 
 from . import _core
+from ._core import batch_normalize_blocking as batch_normalize
+from ._core import cosine_similarities_blocking as cosine_similarities
+from ._core import cosine_similarity_blocking as cosine_similarity
+from ._core import top_k_blocking as top_k
 
-__all__ = ["run"]
+__all__ = ["batch_normalize", "cosine_similarities", "cosine_similarity",
+           "run", "top_k"]
 
 
 def run(fn, /, *args, **kwargs):

@@ -57,6 +57,11 @@ typedef struct {
     PyObject *str_cancel;
     PyObject *last_loop;          /* borrowed, compared by address only */
     PyObject *last_port;          /* strong */
+    /* vectors.c: numpy.empty and dtypes, set on first use (NULL until
+     * then, so that import offloop does not import numpy). */
+    PyObject *np_empty;
+    PyObject *np_float32;
+    PyObject *np_int64;
 } ol_state;
 
 /* Process-wide counters: the pool is process-wide, and every update

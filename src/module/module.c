@@ -244,6 +244,9 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->InvalidStateError);
     Py_VISIT(st->ports);
     Py_VISIT(st->last_port);
+    Py_VISIT(st->np_empty);
+    Py_VISIT(st->np_float32);
+    Py_VISIT(st->np_int64);
     return 0;
 }
 
@@ -272,6 +275,9 @@ core_clear(PyObject *module)
     Py_CLEAR(st->str_set_result);
     Py_CLEAR(st->str_set_exception);
     Py_CLEAR(st->str_cancel);
+    Py_CLEAR(st->np_empty);
+    Py_CLEAR(st->np_float32);
+    Py_CLEAR(st->np_int64);
     return 0;
 }
 
