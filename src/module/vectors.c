@@ -384,7 +384,7 @@ checked_size(size_t a, size_t b, size_t c, size_t *out, const char *fname,
         __builtin_mul_overflow(ab, c, out) ||
         *out > (size_t)PY_SSIZE_T_MAX) {
         PyErr_Format(PyExc_ValueError,
-                     "%s(): the %s would need more than %zd bytes", fname,
+                     "%s(): %s would need more than %zd bytes", fname,
                      what, PY_SSIZE_T_MAX);
         return -1;
     }
@@ -759,7 +759,7 @@ normalize_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     }
     else {
         if (checked_size(x->rows, x->cols, sizeof(float), &bytes, fname,
-                         "result") < 0) {
+                         "x is too big: the result") < 0) {
             goto error;
         }
         p->result = new_array(st, x->rows, x->cols, 0);
@@ -858,7 +858,7 @@ sims_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     p = OL_PAYLOAD(job, vec_payload);
     if (get_query_matrix(p, argv[0], argv[1], fname) < 0 ||
         checked_size(p->nq, p->n, sizeof(float), &bytes, fname,
-                     "result (Q x N scores)") < 0) {
+                     "q and m are too big: Q x N scores") < 0) {
         goto error;
     }
     p->result = new_array(st, p->in[0].ndim == 2 ? p->nq : 0, p->n, 0);
@@ -937,7 +937,7 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
     PyObject *scores, *indices;
 
     if (checked_size(p->nq, p->k, sizeof(int64_t), &bytes, fname,
-                     "result (Q x k indices)") < 0) {
+                     "q and k are too big: Q x k results") < 0) {
         return -1;
     }
     scores = new_array(st, ndim == 2 ? p->nq : 0, p->k, 0);
@@ -967,7 +967,7 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
     /* nq * k fits (checked above); rblocks is bounded by plan(). */
     if (checked_size(p->rblocks, p->nq * p->k,
                      sizeof(float) + sizeof(int64_t), &bytes, fname,
-                     "partial top-k lists") < 0) {
+                     "q and k are too big: partial lists") < 0) {
         return -1;
     }
     lists = p->rblocks * p->nq;
