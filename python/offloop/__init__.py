@@ -18,6 +18,7 @@ Example
 import atexit as _atexit
 
 from . import _core
+from ._build import get_cmake_dir, get_include
 from ._core import Future, configure, stats
 from ._core import (  # vector kernels: C entry points, no wrapper
     batch_normalize,
@@ -28,7 +29,8 @@ from ._core import (  # vector kernels: C entry points, no wrapper
 
 __version__ = "0.1.0"
 __all__ = ["Future", "batch_normalize", "blocking", "configure",
-           "cosine_similarities", "cosine_similarity", "run", "stats",
+           "cosine_similarities", "cosine_similarity", "get_cmake_dir",
+           "get_include", "run", "stats",
            "top_k"]
 
 #: Seconds interpreter exit waits for running jobs to stop.
