@@ -35,6 +35,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels.h"
 
@@ -407,12 +408,35 @@ ceil_div(size_t a, size_t b)
     return a / b + (a % b != 0);
 }
 
+/* The pool size, read at most every 100 ms: ol_pool_stats() takes the
+ * pool lock, which busy workers take per chunk, and a loop thread waiting
+ * for it behind a preempted worker is lag.  A stale value after
+ * configure() only makes the chunks a little too big or too small.  GIL
+ * held (the cache is a plain static). */
+static size_t
+pool_threads(void)
+{
+    static size_t threads;
+    static struct timespec last;
+    struct timespec now;
+    ol_pool_stats_t ps;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (threads == 0 || now.tv_sec - last.tv_sec > 1 ||
+        (now.tv_sec - last.tv_sec) * 1000000000L + now.tv_nsec -
+                last.tv_nsec > 100000000L) {
+        ol_pool_stats(&ps);
+        threads = ps.threads ? ps.threads : 1;
+        last = now;
+    }
+    return threads;
+}
+
 /* Cut nq queries x n rows of d floats into chunks.  `entries_per_row_block`
  * is the top-k partial-list cost of one row block (0: none). */
 static void
 plan(vec_payload *p, int inline_run, size_t entries_per_row_block)
 {
-    ol_pool_stats_t ps;
     size_t min_chunks, rmin, row_bytes = p->d * sizeof(float);
 
     if (inline_run) {
@@ -422,8 +446,7 @@ plan(vec_payload *p, int inline_run, size_t entries_per_row_block)
         p->rblocks = 1;
         return;
     }
-    ol_pool_stats(&ps);
-    min_chunks = (size_t)(ps.threads ? ps.threads : 1) * CHUNKS_PER_WORKER;
+    min_chunks = pool_threads() * CHUNKS_PER_WORKER;
     p->qb = QBLOCK_BYTES / row_bytes;
     p->qb = p->qb < 1 ? 1 : p->qb > QBLOCK_MAX ? QBLOCK_MAX : p->qb;
     p->qb = p->qb > p->nq ? p->nq : p->qb;
