@@ -531,6 +531,19 @@ async def test_a_big_call_goes_to_the_pool_in_chunks(loop):
     assert np.allclose(x, 1 / 8)
 
 
+async def test_a_very_long_cosine_goes_to_the_pool(loop):
+    rng = np.random.default_rng(8)
+    a = rng.random(1_000_000, dtype=np.float32)
+    b = rng.random(1_000_000, dtype=np.float32)
+    before = offloop.stats()["inline"]
+    fut = offloop.cosine_similarity(a, b)
+    assert not fut.done()
+    got = await fut
+    assert offloop.stats()["inline"] == before
+    assert got == pytest.approx(ref_cosines(a[None], b[None])[0, 0],
+                                rel=TOL)
+
+
 def test_tiny_blocking_calls_run_on_the_calling_thread():
     before = offloop.stats()
     a = np.ones(4, np.float32)
