@@ -24,7 +24,7 @@ See ``benchmarks/README.md`` for the method and its biases.
 
 Usage::
 
-    python benchmarks/bench_vectors.py            # about 2 minutes
+    python benchmarks/bench_vectors.py            # about 1 minute
     python benchmarks/bench_vectors.py --quick    # smoke run, < 30 s
     python benchmarks/bench_vectors.py --rounds 9 --loops uvloop
 """
@@ -536,8 +536,8 @@ async def bench_loop(ctx, first):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="measured rounds per case (default 5)")
+    ap.add_argument("--rounds", type=int, default=9,
+                    help="measured rounds per case (default 9)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="unrecorded warm-up rounds (default 1)")
     ap.add_argument("--rows", type=int, default=200_000,
@@ -549,8 +549,8 @@ def main(argv=None):
                     help="queries of the many-query top_k (default 64)")
     ap.add_argument("--cos-n", type=int, default=100_000,
                     help="awaited cosine calls per round (default 100000)")
-    ap.add_argument("--samples", type=int, default=2_000,
-                    help="sleep probes per phase (default 2000)")
+    ap.add_argument("--samples", type=int, default=4_000,
+                    help="sleep probes per phase (default 4000)")
     ap.add_argument("--blocks", type=int, default=4,
                     help="idle/loaded alternations (default 4)")
     ap.add_argument("--cases", default=",".join(CASES),
