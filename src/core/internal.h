@@ -16,12 +16,18 @@ void ol__port_push(ol_port_t *port, ol_job_t *job);
 /* Wake a blocking caller. */
 void ol__waiter_wake(ol_waiter_t *w);
 
-/* In a child after fork(): empty the orphan list (the parent's jobs). */
-void ol__orphans_reset_after_fork(void);
+/* In a child after fork(): empty the orphan list (the parent's jobs) and
+ * the list of ports waiting for queue room (the parent's ports). */
+void ol__ports_reset_after_fork(void);
 
-/* Take/release the orphan lock around fork(). */
-void ol__orphans_lock(void);
-void ol__orphans_unlock(void);
+/* Take/release port.c's global locks around fork(). */
+void ol__ports_lock_for_fork(void);
+void ol__ports_unlock_for_fork(void);
+
+/* Ports waiting for queue room (ol_port_wait_space). */
+int ol__ports_waiting_for_space(void);
+/* Wake the first waiting port (or all), outside the pool lock. */
+void ol__ports_notify_space(int all);
 
 /* *ts = now + timeout_ms on CLOCK_MONOTONIC (the clock of every condition
  * variable the core waits on). */

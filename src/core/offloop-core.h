@@ -142,6 +142,14 @@ ol_job_status(ol_job_t *job)
     return atomic_load_explicit(&job->status, memory_order_acquire);
 }
 
+/* True if a submit would find room in the queue now (always true with
+ * no max_queue, or while shutting down). */
+int ol_pool_has_space(void);
+
+/* Wait until the queue has room, or `timeout_ms` passes.  Returns 0 or
+ * -ETIMEDOUT.  Blocking: call without the GIL. */
+int ol_pool_wait_space(long timeout_ms);
+
 /* Wait until no job is queued or running, or `timeout_ms` passes.
  * Returns 0, or -ETIMEDOUT.  Blocking: call without the GIL. */
 int ol_pool_wait_idle(long timeout_ms);
@@ -205,6 +213,11 @@ void ol_port_forget(ol_port_t *port);
  * ol_port_decref() after taking it back. */
 void ol_port_incref(ol_port_t *port);
 void ol_port_decref(ol_port_t *port);
+
+/* Ask for a wake-up of the port's fd once the queue has room (after an
+ * OL_EAGAIN).  Once per wait: the registration ends with the wake-up.
+ * The owner re-registers if the queue is full again. */
+void ol_port_wait_space(ol_port_t *port);
 
 /* Jobs whose port was closed before they finished.  Any thread. */
 ol_job_t *ol_orphans_take(void);

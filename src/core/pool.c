@@ -58,6 +58,7 @@ static struct {
     pthread_mutex_t lock;
     pthread_cond_t work_cond; /* idle workers wait here */
     pthread_cond_t idle_cond; /* ol_pool_wait_idle(), shutdown */
+    pthread_cond_t space_cond; /* blocking submitters waiting for room */
     ol__qnode_t queue;        /* (lock) circular, head node */
     size_t queued;            /* (lock) jobs in OL_JOB_QUEUED */
     /* Jobs started and not yet delivered.  Atomic: the worker decrements
@@ -69,6 +70,7 @@ static struct {
     unsigned alive;           /* (lock) workers running */
     unsigned idle;            /* (lock) workers waiting on work_cond */
     atomic_uint idle_waiters; /* threads waiting on idle_cond */
+    atomic_uint space_waiters; /* threads waiting on space_cond */
     int stopping;             /* (lock) ol_pool_shutdown() was called */
     uint64_t submitted;       /* (lock) */
     uint64_t started;         /* (lock) */
@@ -156,13 +158,13 @@ static void
 before_fork(void)
 {
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    ol__orphans_lock();
+    ol__ports_lock_for_fork();
 }
 
 static void
 after_fork_parent(void)
 {
-    ol__orphans_unlock();
+    ol__ports_unlock_for_fork();
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
 }
 
@@ -170,8 +172,8 @@ static void
 after_fork_child(void)
 {
     /* Only this thread exists now.  Everything queued is the parent's. */
-    ol__orphans_unlock();
-    ol__orphans_reset_after_fork();
+    ol__ports_unlock_for_fork();
+    ol__ports_reset_after_fork();
     pool.queue.next = pool.queue.prev = &pool.queue;
     pool.queued = 0;
     atomic_store(&pool.running, 0);
@@ -184,6 +186,8 @@ after_fork_child(void)
     atomic_fetch_add(&pool.generation, 1);
     init_cond(&pool.work_cond);
     init_cond(&pool.idle_cond);
+    init_cond(&pool.space_cond);
+    atomic_store(&pool.space_waiters, 0);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
 }
 
@@ -197,6 +201,7 @@ init(void)
     }
     init_cond(&pool.work_cond);
     init_cond(&pool.idle_cond);
+    init_cond(&pool.space_cond);
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     if (pool.target == 0) {
         pool.target = ol_default_threads();
@@ -330,6 +335,23 @@ note_idle_maybe(void)
     }
 }
 
+/* A queue slot was freed (a job started or was cancelled while queued):
+ * tell whoever waits for room.  Without the pool lock.  The waiters'
+ * counters are read after the slot was freed and set before the waiters
+ * look at the queue, so one side always sees the other. */
+static void
+note_space(void)
+{
+    if (atomic_load(&pool.space_waiters) > 0) {
+        OL__CHECK(pthread_mutex_lock(&pool.lock));
+        OL__CHECK(pthread_cond_broadcast(&pool.space_cond));
+        OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    }
+    if (ol__ports_waiting_for_space()) {
+        ol__ports_notify_space(0);
+    }
+}
+
 /* A worker delivered a job: it leaves the running set.  The decrement and
  * the load of idle_waiters pair with the waiter's increment and load of
  * running (both sequentially consistent), so one of them sees the other. */
@@ -404,14 +426,20 @@ worker(void *arg)
             break;
         }
         ol_job_t *job = queue_pop();
+        int bounded = pool.max_queue != 0;
+        int freed_slot = 0;
         job->active++;
         if (job->state == OL_JOB_QUEUED) {
             job->state = OL_JOB_RUNNING;
             pool.queued--;
             atomic_fetch_add(&pool.running, 1);
             pool.started++;
+            freed_slot = bounded;
         }
         OL__CHECK(pthread_mutex_unlock(&pool.lock));
+        if (freed_slot) {
+            note_space();
+        }
 
         run_chunks(job);
 
@@ -482,7 +510,9 @@ ol_pool_configure(unsigned threads, size_t max_queue)
     pool.max_queue = max_queue;
     /* Extra workers leave when they wake; missing ones start on submit. */
     OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
+    OL__CHECK(pthread_cond_broadcast(&pool.space_cond));
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    ol__ports_notify_space(1); /* the bound may have grown */
     return 0;
 }
 
@@ -498,7 +528,6 @@ ol_pool_submit(ol_job_t *job, int defer_wake)
     job->generation = atomic_load(&pool.generation);
     job->state = OL_JOB_QUEUED;
     job->active = 0;
-    job->done_next = NULL;
     atomic_store_explicit(&job->cancel, 0, memory_order_relaxed);
     atomic_store_explicit(&job->status, 0, memory_order_relaxed);
     atomic_store_explicit(&job->next_chunk, 0, memory_order_relaxed);
@@ -564,7 +593,7 @@ ol_pool_kick(void)
 int
 ol_job_cancel(ol_job_t *job)
 {
-    int ended = 0;
+    int ended = 0, freed_slot = 0;
 
     if (job->generation != ol_fork_generation()) {
         return 0;
@@ -578,6 +607,7 @@ ol_job_cancel(ol_job_t *job)
         if (job->active == 0) {
             if (job->state == OL_JOB_QUEUED) {
                 pool.queued--;
+                freed_slot = pool.max_queue != 0;
             }
             else {
                 atomic_fetch_sub(&pool.running, 1);
@@ -589,7 +619,42 @@ ol_job_cancel(ol_job_t *job)
         }
     }
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    if (freed_slot) {
+        note_space();
+    }
     return ended;
+}
+
+int
+ol_pool_has_space(void)
+{
+    int room;
+
+    OL__CHECK(pthread_once(&init_once, init));
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    room = pool.stopping || pool.max_queue == 0 ||
+           pool.queued < pool.max_queue;
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    return room;
+}
+
+int
+ol_pool_wait_space(long timeout_ms)
+{
+    struct timespec deadline;
+    int rc = 0;
+
+    OL__CHECK(pthread_once(&init_once, init));
+    ol__deadline_after(&deadline, timeout_ms);
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    atomic_fetch_add(&pool.space_waiters, 1);
+    while (rc == 0 && !pool.stopping && pool.max_queue != 0 &&
+           pool.queued >= pool.max_queue) {
+        rc = pthread_cond_timedwait(&pool.space_cond, &pool.lock, &deadline);
+    }
+    atomic_fetch_sub(&pool.space_waiters, 1);
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    return rc == 0 ? 0 : -ETIMEDOUT;
 }
 
 void
@@ -653,6 +718,7 @@ ol_pool_shutdown(long timeout_ms, size_t *dropped)
         }
     }
     OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
+    OL__CHECK(pthread_cond_broadcast(&pool.space_cond));
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     while (orphaned != NULL) {
         ol_job_t *next = orphaned->done_next;

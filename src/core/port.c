@@ -40,6 +40,8 @@ struct ol_port_s {
     int closed;            /* (lock) ol_port_close() was called */
     int rfd, wfd;          /* (lock for writers) equal for an eventfd */
     atomic_uint refs;
+    ol_port_t *space_next; /* (space.lock) in the list waiting for room */
+    int space_linked;      /* (space.lock) */
 };
 
 static struct {
@@ -47,6 +49,14 @@ static struct {
     ol_job_t *head, *tail; /* (lock) */
     atomic_int count;
 } orphans = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* Ports whose loop holds jobs back because the queue was full (FIFO).
+ * Each holds a reference on its port while linked. */
+static struct {
+    pthread_mutex_t lock;
+    ol_port_t *head, *tail; /* (lock) */
+    atomic_int count;
+} space = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int
 open_fds(int *rfd, int *wfd)
@@ -251,22 +261,86 @@ ol_orphans_pending(void)
 }
 
 void
-ol__orphans_lock(void)
+ol__ports_lock_for_fork(void)
 {
     OL__CHECK(pthread_mutex_lock(&orphans.lock));
+    OL__CHECK(pthread_mutex_lock(&space.lock));
 }
 
 void
-ol__orphans_unlock(void)
+ol__ports_unlock_for_fork(void)
 {
+    OL__CHECK(pthread_mutex_unlock(&space.lock));
     OL__CHECK(pthread_mutex_unlock(&orphans.lock));
 }
 
 void
-ol__orphans_reset_after_fork(void)
+ol__ports_reset_after_fork(void)
 {
     orphans.head = orphans.tail = NULL;
     atomic_store(&orphans.count, 0);
+    space.head = space.tail = NULL;
+    atomic_store(&space.count, 0);
+}
+
+/* ---- waiting for queue room ---------------------------------------- */
+
+void
+ol_port_wait_space(ol_port_t *port)
+{
+    OL__CHECK(pthread_mutex_lock(&space.lock));
+    if (!port->space_linked) {
+        port->space_linked = 1;
+        port->space_next = NULL;
+        ol_port_incref(port);
+        if (space.tail != NULL) {
+            space.tail->space_next = port;
+        }
+        else {
+            space.head = port;
+        }
+        space.tail = port;
+        atomic_fetch_add(&space.count, 1);
+    }
+    OL__CHECK(pthread_mutex_unlock(&space.lock));
+    /* Room may have freed between the failed submit and the line above,
+     * with nobody registered to hear of it. */
+    if (ol_pool_has_space()) {
+        ol__ports_notify_space(1);
+    }
+}
+
+int
+ol__ports_waiting_for_space(void)
+{
+    return atomic_load(&space.count) > 0;
+}
+
+void
+ol__ports_notify_space(int all)
+{
+    do {
+        OL__CHECK(pthread_mutex_lock(&space.lock));
+        ol_port_t *port = space.head;
+        if (port != NULL) {
+            space.head = port->space_next;
+            if (space.head == NULL) {
+                space.tail = NULL;
+            }
+            port->space_linked = 0;
+            atomic_fetch_sub(&space.count, 1);
+        }
+        OL__CHECK(pthread_mutex_unlock(&space.lock));
+        if (port == NULL) {
+            return;
+        }
+        OL__CHECK(pthread_mutex_lock(&port->lock));
+        if (!port->closed) {
+            wake(port);
+        }
+        OL__CHECK(pthread_mutex_unlock(&port->lock));
+        ol_port_decref(port);
+    } while (all);
 }
 
 /* ---- waiters ------------------------------------------------------- */

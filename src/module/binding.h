@@ -67,6 +67,7 @@ typedef struct {
 /* Process-wide counters: the pool is process-wide, and every update
  * happens with the GIL held. */
 typedef struct {
+    unsigned long long submitted; /* jobs handed to the pool (or held) */
     unsigned long long completed, failed, cancelled, dropped;
     unsigned long long wakeups, resolved, inline_runs;
     long long live; /* jobs allocated and not yet freed */
@@ -119,6 +120,13 @@ int ol_port_init_type(PyObject *module, ol_state *st);
  * the loop itself (borrowed, valid while the caller runs). */
 PyObject *ol_port_for_running_loop(ol_state *st, PyObject **loop_out);
 ol_port_t *ol_port_core(PyObject *port);
+/* Backpressure: with the queue at max_queue, a loop's further jobs wait
+ * in its port, oldest first, and enter the pool as room frees (the core
+ * wakes the port's fd).  Loop thread only. */
+int ol_port_holds_jobs(PyObject *port);
+void ol_port_hold(PyObject *port, ol_pyjob *job);
+/* Resolve the future of a job that could not be submitted. */
+void ol_fail_job(ol_state *st, ol_pyjob *job, int err);
 /* Ask for one ol_pool_kick() at the next tick of the port's loop. */
 int ol_port_schedule_kick(ol_state *st, PyObject *port, PyObject *loop);
 /* Release ports whose loop is closed or gone; with `all`, every port. */

@@ -164,8 +164,19 @@ ol_submit_async(ol_state *st, ol_pyjob *job, int inline_ok)
         return NULL;
     }
     job->future = Py_NewRef(fut);
+    if (ol_port_holds_jobs(port)) { /* keep order behind held jobs */
+        ol_count.submitted++;
+        ol_port_hold(port, job);
+        return fut;
+    }
     job->core.port = ol_port_core(port);
     rc = ol_pool_submit(&job->core, 1);
+    if (rc == OL_EAGAIN) { /* queue full: hold it until room frees */
+        job->core.port = NULL;
+        ol_count.submitted++;
+        ol_port_hold(port, job);
+        return fut;
+    }
     if (rc < 0) { /* the job will never be delivered */
         job->core.port = NULL;
         ol_future_detach(fut);
@@ -173,6 +184,7 @@ ol_submit_async(ol_state *st, ol_pyjob *job, int inline_ok)
         Py_DECREF(fut);
         return ol_set_pyerr(st, rc);
     }
+    ol_count.submitted++;
     if (rc == 1 && ol_port_schedule_kick(st, port, loop) < 0) {
         /* Without the deferred wake-up the job could wait forever. */
         PyErr_Clear();
@@ -194,6 +206,29 @@ ol_resolve(ol_state *st, ol_pyjob *job)
         ol_future_detach(fut);
         settle(st, fut, job);
         ol_count.resolved++;
+    }
+    ol_pyjob_free(job);
+}
+
+void
+ol_fail_job(ol_state *st, ol_pyjob *job, int err)
+{
+    PyObject *fut = job->future;
+
+    if (ol_future_job(fut) != job) {
+        ol_count.cancelled++;
+    }
+    else {
+        ol_future_detach(fut);
+        ol_set_pyerr(st, err);
+        PyObject *exc = ol_fetch_exception();
+        PyObject *ok = set_exception(st, fut, exc);
+        Py_DECREF(exc);
+        if (ok == NULL) {
+            PyErr_WriteUnraisable(fut);
+        }
+        Py_XDECREF(ok);
+        ol_count.failed++;
     }
     ol_pyjob_free(job);
 }
@@ -280,12 +315,24 @@ ol_submit_blocking(ol_state *st, ol_pyjob *job)
     else {
         ol_waiter_init(&waiter);
         job->core.waiter = &waiter;
-        rc = ol_pool_submit(&job->core, 0);
+        while ((rc = ol_pool_submit(&job->core, 0)) == OL_EAGAIN) {
+            /* Queue full: wait for room, without the GIL, and let
+             * Ctrl-C through. */
+            Py_BEGIN_ALLOW_THREADS
+            (void)ol_pool_wait_space(100);
+            Py_END_ALLOW_THREADS
+            if (PyErr_CheckSignals() < 0) {
+                ol_waiter_destroy(&waiter);
+                ol_pyjob_free(job);
+                return NULL;
+            }
+        }
         if (rc < 0) {
             ol_waiter_destroy(&waiter);
             ol_pyjob_free(job);
             return ol_set_pyerr(st, rc);
         }
+        ol_count.submitted++;
         rc = wait_blocking(job, &waiter);
         ol_waiter_destroy(&waiter);
         job->core.waiter = NULL;

@@ -114,7 +114,7 @@ stats(PyObject *module, PyObject *unused)
         put(d, "max_queue", ps.max_queue) < 0 ||
         put(d, "queued", ps.queued) < 0 ||
         put(d, "running", ps.running) < 0 ||
-        put(d, "submitted", ps.submitted) < 0 ||
+        put(d, "submitted", ol_count.submitted) < 0 ||
         put(d, "started", ps.started) < 0 ||
         put(d, "chunks", ps.chunks) < 0 ||
         put(d, "completed", ol_count.completed) < 0 ||

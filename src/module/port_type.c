@@ -29,6 +29,9 @@ typedef struct {
     unsigned generation;   /* fork generation the port was made in */
     int fd;
     int kick_pending;      /* a kick is scheduled on the loop */
+    /* Jobs held back while the queue is full, oldest first, linked by
+     * core.done_next (free until the job reaches the pool). */
+    ol_pyjob *held_head, *held_tail;
 } OlPortObject;
 
 #define PORT(op) ((OlPortObject *)(op))
@@ -66,6 +69,80 @@ loop_is_closed(ol_state *st, PyObject *loop)
     return closed != 0;
 }
 
+static void
+drop_held(OlPortObject *self)
+{
+    while (self->held_head != NULL) {
+        ol_pyjob *job = self->held_head;
+        self->held_head = (ol_pyjob *)job->core.done_next;
+        ol_drop(job);
+    }
+    self->held_tail = NULL;
+}
+
+int
+ol_port_holds_jobs(PyObject *op)
+{
+    return PORT(op)->held_head != NULL;
+}
+
+void
+ol_port_hold(PyObject *op, ol_pyjob *job)
+{
+    OlPortObject *self = PORT(op);
+
+    job->core.done_next = NULL;
+    if (self->held_tail != NULL) {
+        self->held_tail->core.done_next = &job->core;
+    }
+    else {
+        self->held_head = job;
+        ol_port_wait_space(self->port);
+    }
+    self->held_tail = job;
+}
+
+/* Move held jobs into the pool while it has room. */
+static void
+submit_held(ol_state *st, OlPortObject *self)
+{
+    PyObject *loop = port_loop(self);
+    int kick = 0;
+
+    while (self->held_head != NULL) {
+        ol_pyjob *job = self->held_head;
+        ol_pyjob *next = (ol_pyjob *)job->core.done_next;
+        int rc;
+
+        if (ol_future_job(job->future) != job) {
+            rc = OL_ECANCELED; /* cancelled while held: never starts */
+        }
+        else {
+            job->core.port = self->port;
+            rc = ol_pool_submit(&job->core, 1);
+            if (rc == OL_EAGAIN) {
+                job->core.port = NULL;
+                ol_port_wait_space(self->port);
+                break;
+            }
+        }
+        self->held_head = next;
+        if (rc < 0) {
+            job->core.port = NULL;
+            ol_fail_job(st, job, rc);
+        }
+        kick |= rc == 1;
+    }
+    if (self->held_head == NULL) {
+        self->held_tail = NULL;
+    }
+    if (kick && (loop == NULL ||
+                 ol_port_schedule_kick(st, (PyObject *)self, loop) < 0)) {
+        PyErr_Clear();
+        ol_pool_kick();
+    }
+}
+
 /* Remove the reader (if the loop can still be asked), close the fd, drop
  * the jobs delivered and not yet resolved. */
 static void
@@ -76,6 +153,9 @@ port_release(ol_state *st, OlPortObject *self)
 
     if (port == NULL) {
         return;
+    }
+    if (st->ports != NULL) {
+        drop_held(self);
     }
     self->port = NULL;
     if (st->ports == NULL) {
@@ -131,6 +211,9 @@ Port_on_readable(PyObject *op, PyObject *unused)
         ol_job_t *next = list->done_next;
         ol_resolve(st, (ol_pyjob *)list);
         list = next;
+    }
+    if (self->held_head != NULL && self->port != NULL) {
+        submit_held(st, self);
     }
     if (ol_orphans_pending()) {
         ol_drain_orphans();
@@ -223,6 +306,7 @@ port_new(ol_state *st, PyObject *loop, PyObject *key)
     self->loop_ref = self->key = self->on_readable = self->kick = NULL;
     self->generation = ol_fork_generation();
     self->kick_pending = 0;
+    self->held_head = self->held_tail = NULL;
     self->fd = -1;
     PyObject_GC_Track(self);
 
