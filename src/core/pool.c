@@ -68,7 +68,10 @@ static struct {
     size_t max_queue;         /* (lock) 0: unbounded */
     unsigned target;          /* (lock) configured size */
     unsigned alive;           /* (lock) workers running */
-    unsigned idle;            /* (lock) workers waiting on work_cond */
+    /* Workers waiting on work_cond: written under the lock, read without
+     * it as a hint (a worker sharing a chunked job skips the lock when no
+     * worker is idle). */
+    atomic_uint idle;
     atomic_uint idle_waiters; /* threads waiting on idle_cond */
     atomic_uint space_waiters; /* threads waiting on space_cond */
     int stopping;             /* (lock) ol_pool_shutdown() was called */
@@ -178,7 +181,8 @@ after_fork_child(void)
     pool.queued = 0;
     atomic_store(&pool.running, 0);
     atomic_store(&pool.idle_waiters, 0);
-    pool.alive = pool.idle = 0;
+    pool.alive = 0;
+    atomic_store(&pool.idle, 0);
     pool.stopping = 0;
     atomic_store(&ol__stopping, 0);
     atomic_store(&pool.pending, 0);
@@ -272,8 +276,12 @@ set_status(ol_job_t *job, int err)
 static void
 share(ol_job_t *job)
 {
+    if (atomic_load_explicit(&pool.idle, memory_order_relaxed) == 0) {
+        return; /* every worker is busy: keep the lock free for submits */
+    }
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    if (pool.idle > 0 && !job->in_queue && !ol_job_cancelled(job)) {
+    if (atomic_load(&pool.idle) > 0 && !job->in_queue &&
+        !ol_job_cancelled(job)) {
         queue_link(job, 1);
         OL__CHECK(pthread_cond_signal(&pool.work_cond));
     }
@@ -418,9 +426,9 @@ worker(void *arg)
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     for (;;) {
         while (queue_empty() && !must_leave()) {
-            pool.idle++;
+            atomic_fetch_add(&pool.idle, 1);
             OL__CHECK(pthread_cond_wait(&pool.work_cond, &pool.lock));
-            pool.idle--;
+            atomic_fetch_sub(&pool.idle, 1);
         }
         if (must_leave()) {
             break;
@@ -554,7 +562,7 @@ ol_pool_submit(ol_job_t *job, int defer_wake)
     pool.queued++;
     pool.submitted++;
     /* A spinning worker takes one job: wake another for the rest. */
-    if (pool.idle > 0 &&
+    if (atomic_load(&pool.idle) > 0 &&
         (!atomic_load(&pool.spinning) || atomic_load(&pool.pending) > 1)) {
         if (defer_wake) {
             rc = 1;
@@ -575,11 +583,11 @@ void
 ol_pool_kick(void)
 {
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    size_t n = pool.idle;
+    size_t n = atomic_load(&pool.idle);
     if (n >= pool.queued) {
         n = pool.queued;
     }
-    if (n >= pool.idle) {
+    if (n >= atomic_load(&pool.idle)) {
         OL__CHECK(pthread_cond_broadcast(&pool.work_cond));
     }
     else {
