@@ -1,28 +1,36 @@
-"""FastAPI under load: three ways to call the same top-k kernel.
+"""FastAPI under load: numpy in the endpoint vs offloop.top_k.
 
-uvicorn serves examples/fastapi_app.py (plus two extra routes) in a
-subprocess on 127.0.0.1.  A bounded load generator in this process (asyncio
-on raw sockets, HTTP/1.1 keep-alive) keeps a fixed number of POST /search
-requests in flight for a fixed time against each variant in turn:
+uvicorn serves examples/fastapi_app.py (plus three extra routes) in a
+subprocess on 127.0.0.1.  A load generator keeps a fixed number of
+POST /search requests in flight for a fixed time against each variant in
+turn; what people write today is the baseline:
 
-  (a) sync        offloop.blocking.top_k called inside ``async def``: the
-                  loop thread waits for every search (the stall);
-  (b) threadpool  the same call through ``run_in_threadpool`` (anyio's
-                  40-thread limiter), FastAPI's usual advice;
-  (c) offloop     ``await offloop.top_k``: the loop never waits.
+  (a) sync        numpy top-k (``m @ q``, ``argpartition``, sort of the k
+                  best) called inside ``async def``: the loop thread waits
+                  for every search (the stall);
+  (b) threadpool  the same numpy function through ``run_in_threadpool``
+                  (anyio's 40-thread limiter), FastAPI's usual advice;
+  (c) offloop     ``await offloop.top_k(q, m, k, normalized=True)``: the
+                  loop never waits, the kernel is offloop's.
 
-The kernel is the same in all three (offloop's top-k over 100,000 x 384
-unit vectors, split across the pool); only the way the endpoint waits
-differs.  Meanwhile a prober on its own connection sends GET /health every
-2 ms and records its latency: the loop's responsiveness under load.
+and one extra row, ``threadpool+offloop-kernel``: offloop.blocking.top_k
+through ``run_in_threadpool``, offloop's kernel behind the thread-pool
+bridge; (c) against it is the bridge alone, (b) against it the kernel
+alone.  The matrix is 100,000 x 384 float32 unit rows (seeded), top-10.
+
+The load generator is wrk (Debian's ``wrk``; installed with apt-get when
+missing and run as root, else the Python client below), one thread, 16
+connections, a Lua script that rotates through 32 pre-generated JSON
+bodies.  Meanwhile a prober in this process, on its own connection, sends
+GET /health every 2 ms and records its latency: the loop's responsiveness
+under load.
 
 It prints requests/s, p50/p99 request latency and /health p99 per variant,
-writes a CSV to benchmarks/results/ and a chart (PNG, matplotlib) to
-docs/bench_fastapi.png.  The client shares the machine with the server:
-on a 2-core machine its own CPU use lowers every variant's figures alike,
-so compare the variants with each other, within one run.
+the goals with PASS/MISS, writes a CSV to benchmarks/results/ and a chart
+(PNG, matplotlib) to docs/bench_fastapi.png.
 
-    python benchmarks/bench_fastapi.py [--duration 5] [--concurrency 16]
+    python benchmarks/bench_fastapi.py [--quick] [--duration 10]
+        [--concurrency 16] [--body query|like] [--client auto|wrk|python]
 """
 
 import argparse
@@ -33,25 +41,52 @@ import json
 import os
 import pathlib
 import platform
+import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-VARIANTS = [("sync", "/search-sync"), ("threadpool", "/search-threadpool"),
-            ("offloop", "/search")]
+VARIANTS = [("sync", "/search-sync"),
+            ("threadpool", "/search-threadpool"),
+            ("offloop", "/search"),
+            ("threadpool+offloop-kernel", "/search-threadpool-offloop")]
 HEALTH_PERIOD = 0.002  # seconds between /health probes
 START_DEADLINE = 120   # seconds for the server to answer /health
+DIM = 384
+K = 10
+N_BODIES = 32
+GOAL_RPS = 1.5         # (c) requests/s over (b)
+GOAL_HEALTH_MS = 2.0   # (c) /health p99 under load
+GOAL_STALL = 10.0      # (a) /health p99 over (c)'s: the stall is visible
 
 
 # ---- server -----------------------------------------------------------
 
 
+def numpy_top_k(q, m, k):
+    """Top-k of unit rows m by cosine with q, best first: the status quo.
+
+    What an endpoint does today without offloop: one matrix-vector product
+    (OpenBLAS), ``argpartition`` for the k best, a sort of those k.
+    """
+    import numpy
+
+    q = numpy.asarray(q, dtype=numpy.float32)
+    q = q / numpy.linalg.norm(q)
+    scores = m @ q
+    idx = numpy.argpartition(-scores, k - 1)[:k]
+    idx = idx[numpy.argsort(-scores[idx], kind="stable")]
+    return scores[idx], idx
+
+
 def serve(port, rows):
-    """Run the example app plus the two comparison routes (subprocess)."""
+    """Run the example app plus the comparison routes (subprocess)."""
     sys.path.insert(0, str(ROOT / "examples"))
     import uvicorn
     from fastapi import Request
@@ -73,11 +108,16 @@ def serve(port, rows):
     @app.post("/search-sync")
     async def search_sync(body: fastapi_app.Query, request: Request):
         q, m = query_of(body, request)
-        return results(*offloop.blocking.top_k(q, m, k=body.k,
-                                               normalized=True))
+        return results(*numpy_top_k(q, m, body.k))
 
     @app.post("/search-threadpool")
     async def search_threadpool(body: fastapi_app.Query, request: Request):
+        q, m = query_of(body, request)
+        return results(*await run_in_threadpool(numpy_top_k, q, m, body.k))
+
+    @app.post("/search-threadpool-offloop")
+    async def search_threadpool_offloop(body: fastapi_app.Query,
+                                        request: Request):
         q, m = query_of(body, request)
         return results(*await run_in_threadpool(
             offloop.blocking.top_k, q, m, k=body.k, normalized=True))
@@ -86,20 +126,36 @@ def serve(port, rows):
                 loop="asyncio", access_log=False)
 
 
-# ---- client -----------------------------------------------------------
+# ---- bodies -----------------------------------------------------------
+
+
+def make_bodies(form, rows):
+    """N_BODIES JSON bodies: 384 random floats each, or ``{"like": i}``."""
+    import numpy
+
+    rng = numpy.random.default_rng(7)
+    if form == "like":
+        return [json.dumps({"like": int(i), "k": K})
+                for i in rng.integers(0, rows, N_BODIES)]
+    return [json.dumps({"query": [round(float(x), 5)
+                                  for x in rng.standard_normal(DIM)],
+                        "k": K}) for _ in range(N_BODIES)]
+
+
+# ---- Python client (fallback load generator, and the /health prober) ---
 
 
 def request_bytes(method, path, body=None):
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     if body is None:
         return (head + "\r\n").encode()
-    data = json.dumps(body).encode()
+    data = body.encode()
     return (head + "Content-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
 async def roundtrip(reader, writer, payload):
-    """Send one request, read one response; return its status."""
+    """Send one request, read one response; return (status, body)."""
     writer.write(payload)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -107,8 +163,7 @@ async def roundtrip(reader, writer, payload):
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
-    await reader.readexactly(length)
-    return status
+    return status, await reader.readexactly(length)
 
 
 async def worker(port, payloads, stop_at, latencies, errors, offset):
@@ -117,8 +172,8 @@ async def worker(port, payloads, stop_at, latencies, errors, offset):
     try:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            status = await roundtrip(reader, writer,
-                                     payloads[i % len(payloads)])
+            status, _ = await roundtrip(reader, writer,
+                                        payloads[i % len(payloads)])
             if status == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
@@ -128,11 +183,12 @@ async def worker(port, payloads, stop_at, latencies, errors, offset):
         writer.close()
 
 
-async def prober(port, stop_at, latencies):
+async def prober(port, stop, latencies):
+    """GET /health every HEALTH_PERIOD until ``stop`` is set."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     payload = request_bytes("GET", "/health")
     try:
-        while time.perf_counter() < stop_at:
+        while not stop.is_set():
             t0 = time.perf_counter()
             await roundtrip(reader, writer, payload)
             latencies.append(time.perf_counter() - t0)
@@ -141,23 +197,122 @@ async def prober(port, stop_at, latencies):
         writer.close()
 
 
-async def load(port, path, concurrency, duration, dim):
-    """Fixed concurrency for a fixed time; the latencies of both kinds."""
-    import numpy
+async def probe_idle(port, duration):
+    """The prober alone: /health latency with no load."""
+    health = []
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(prober(port, stop, health))
+    await asyncio.sleep(duration)
+    stop.set()
+    await task
+    return health
 
-    rng = numpy.random.default_rng(7)
-    payloads = [request_bytes("POST", path, {
-        "query": [round(float(x), 5) for x in rng.standard_normal(dim)],
-        "k": 10}) for _ in range(32)]
+
+async def load_python(port, path, bodies, concurrency, duration):
+    """Fixed concurrency for a fixed time with asyncio clients."""
+    payloads = [request_bytes("POST", path, b) for b in bodies]
     lat, health, errors = [], [], []
+    stop = asyncio.Event()
+    probe = asyncio.ensure_future(prober(port, stop, health))
     stop_at = time.perf_counter() + duration
     t0 = time.perf_counter()
-    await asyncio.gather(
-        prober(port, stop_at, health),
-        *(worker(port, payloads, stop_at, lat, errors, i)
-          for i in range(concurrency)))
+    await asyncio.gather(*(worker(port, payloads, stop_at, lat, errors, i)
+                           for i in range(concurrency)))
     elapsed = time.perf_counter() - t0
-    return lat, health, errors, elapsed
+    stop.set()
+    await probe
+    return {"rps": len(lat) / elapsed, "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3, "requests": len(lat),
+            "errors": len(errors)}, health
+
+
+# ---- wrk --------------------------------------------------------------
+
+
+def ensure_wrk():
+    """wrk's path; apt-get installs it when missing and run as root."""
+    path = shutil.which("wrk")
+    if path or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return path
+    print("# wrk is missing: apt-get install -y wrk", flush=True)
+    try:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], timeout=300,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return shutil.which("wrk")
+
+
+def wrk_script(bodies):
+    """A Lua script that POSTs the bodies in turn (one wrk thread)."""
+    lines = ['wrk.method = "POST"',
+             'wrk.headers["Content-Type"] = "application/json"',
+             "local bodies = {"]
+    lines += [f"  [==[{b}]==]," for b in bodies]
+    lines += ["}", "local i = 0",
+              "request = function()",
+              "  i = i + 1",
+              "  return wrk.format(nil, nil, nil, bodies[i % #bodies + 1])",
+              "end", ""]
+    return "\n".join(lines)
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(out):
+    """requests/s, p50/p99 (ms) and errors from ``wrk --latency``."""
+    def one(pattern):
+        m = re.search(pattern, out, re.M)
+        if not m:
+            raise RuntimeError(f"cannot parse wrk's output:\n{out}")
+        return m
+
+    def ms(q):
+        m = one(rf"^\s+{q}%\s+([\d.]+)(us|ms|s|m)\s*$")
+        return float(m.group(1)) * UNITS[m.group(2)]
+
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                  r"timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return {"rps": float(one(r"Requests/sec:\s+([\d.]+)").group(1)),
+            "p50_ms": ms(50), "p99_ms": ms(99),
+            "requests": int(one(r"(\d+) requests in").group(1)),
+            "errors": errors}
+
+
+async def load_wrk(wrk, lua, port, path, concurrency, duration, probe=True):
+    """wrk for ``duration`` s, the /health prober beside it."""
+    health = []
+    stop = asyncio.Event()
+    task = (asyncio.ensure_future(prober(port, stop, health))
+            if probe else None)
+    proc = await asyncio.create_subprocess_exec(
+        wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency",
+        "--timeout", "10s", "-s", lua, f"http://127.0.0.1:{port}{path}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), duration + 30)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    finally:
+        stop.set()
+        if task:
+            await task
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err.decode()}")
+    return parse_wrk(out.decode()), health
+
+
+# ---- helpers ----------------------------------------------------------
 
 
 def pct(values, q):
@@ -165,6 +320,20 @@ def pct(values, q):
         return float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] \
         if len(values) > 1 else values[0]
+
+
+def post(port, path, body):
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await roundtrip(reader, writer,
+                                   request_bytes("POST", path, body))
+        finally:
+            writer.close()
+    status, data = asyncio.run(go())
+    if status != 200:
+        raise SystemExit(f"POST {path}: HTTP {status}: {data[:300]!r}")
+    return [r["index"] for r in json.loads(data)["results"]]
 
 
 def wait_ready(port, proc):
@@ -204,17 +373,19 @@ def chart(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["variant"] for r in rows]
-    colors = ["#c0504d", "#9bbb59", "#4f81bd"]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    names = [r["variant"].replace("+", "+\n") for r in rows]
+    colors = ["#c0504d", "#9bbb59", "#4f81bd", "#b3b3b3"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     for ax, key, label in zip(
             axes, ["rps", "p99_ms", "health_p99_ms"],
-            ["requests/s (higher is better)", "p99 latency, ms (lower)",
-             "/health p99 under load, ms (lower)"]):
+            ["POST /search requests/s (higher is better)",
+             "POST /search p99 latency, ms (lower)",
+             "GET /health p99 under load, ms (lower)"]):
         values = [r[key] for r in rows]
         bars = ax.bar(names, values, color=colors[:len(rows)])
         ax.set_title(label, fontsize=10)
         ax.bar_label(bars, fmt="%.1f", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
         ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -223,13 +394,29 @@ def chart(rows, path, title):
     plt.close(fig)
 
 
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="seconds of load per variant")
-    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=int, default=10,
+                        help="seconds of load per variant (default 10)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of unrecorded load first (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 s per variant, 1 s warm-up")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--body", choices=["query", "like"], default="query",
+                        help="JSON body: 384 floats (default), or "
+                             '{"like": i} (row i as the query)')
+    parser.add_argument("--client", choices=["auto", "wrk", "python"],
+                        default="auto", help="load generator (auto: wrk "
+                        "when present or installable, else python)")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="OPENBLAS_NUM_THREADS in the server (default "
+                             "1; 0: the library's default, one per CPU)")
     parser.add_argument("--chart", default=str(ROOT / "docs" /
                                                "bench_fastapi.png"))
     parser.add_argument("--no-chart", action="store_true")
@@ -238,43 +425,106 @@ def main():
     args = parser.parse_args()
     if args.serve:
         return serve(args.serve, args.rows)
+    if args.quick:
+        args.duration, args.warmup = 4, 1
+
+    wrk = None if args.client == "python" else ensure_wrk()
+    if args.client == "wrk" and not wrk:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    bodies = make_bodies(args.body, args.rows)
+    lua = None
+    if wrk:
+        fd, lua = tempfile.mkstemp(prefix="bench_fastapi-", suffix=".lua")
+        with os.fdopen(fd, "w") as f:
+            f.write(wrk_script(bodies))
+        client = (subprocess.run([wrk, "-v"], capture_output=True,
+                                 text=True).stdout.split(" [")[0]
+                  or "wrk") + ", 1 thread"
+    else:
+        client = "Python asyncio client" + (
+            "" if args.client == "python" else " (wrk not found)")
 
     port = free_port()
+    env = dict(os.environ)
+    if args.blas_threads:
+        env["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
+    else:
+        env.pop("OPENBLAS_NUM_THREADS", None)
+    blas = env.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()})")
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
-                             "--rows", str(args.rows)])
+                             "--rows", str(args.rows)], env=env)
     rows = []
     try:
         wait_ready(port, proc)
+        load1, load5, _ = os.getloadavg()
         print(f"# bench_fastapi: {platform.machine()}, {os.cpu_count()} CPUs,"
-              f" Python {platform.python_version()}, commit {commit()}; "
-              f"{args.rows} x 384 matrix, top-10, concurrency "
-              f"{args.concurrency}, {args.duration:g} s per variant")
-        print(f"{'variant':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+              f" Python {platform.python_version()}, commit {commit()}, "
+              f"load average {load1:.2f} / {load5:.2f} (1 / 5 min)")
+        body_desc = ("384 floats in JSON (~3.6 kB; parsing is ~0.1 ms of a "
+                     "5-10 ms search)" if args.body == "query" else
+                     '{"like": i}: row i of the matrix as the query')
+        print(f"# {args.rows:,} x {DIM} float32 unit rows, top-{K}; "
+              f"{args.concurrency} connections, {args.duration} s per "
+              f"variant after {args.warmup} s warm-up; load: {client}; "
+              f"body: {body_desc}, {N_BODIES} rotated; GET /health every "
+              f"{HEALTH_PERIOD * 1e3:g} ms from this process; "
+              f"server: OpenBLAS threads {blas}, offloop worker nice "
+              f"{env.get('OFFLOOP_WORKER_NICE', '5 (default)')}")
+        # The numpy and offloop endpoints agree on the best row.
+        tops = {name: post(port, path, bodies[0])[0]
+                for name, path in VARIANTS}
+        if len(set(tops.values())) != 1:
+            print(f"WARNING: top-1 differs between variants: {tops}")
+        idle = asyncio.run(probe_idle(port, 2.0))
+        print(f"# GET /health with no load: p50 {pct(idle, 50) * 1e3:.2f} ms,"
+              f" p99 {pct(idle, 99) * 1e3:.2f} ms ({len(idle)} probes)")
+        print(f"{'variant':<27}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'health p99 ms':>15}{'errors':>8}")
         for name, path in VARIANTS:
-            asyncio.run(load(port, path, args.concurrency, args.warmup, 384))
-            lat, health, errors, elapsed = asyncio.run(
-                load(port, path, args.concurrency, args.duration, 384))
-            row = {"variant": name, "rps": len(lat) / elapsed,
-                   "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3,
+            if wrk:
+                asyncio.run(load_wrk(wrk, lua, port, path, args.concurrency,
+                                     args.warmup, probe=False))
+                row, health = asyncio.run(load_wrk(
+                    wrk, lua, port, path, args.concurrency, args.duration))
+            else:
+                asyncio.run(load_python(port, path, bodies, args.concurrency,
+                                        args.warmup))
+                row, health = asyncio.run(load_python(
+                    port, path, bodies, args.concurrency, args.duration))
+            row = {"variant": name, **row,
+                   "health_p50_ms": pct(health, 50) * 1e3,
                    "health_p99_ms": pct(health, 99) * 1e3,
-                   "health_n": len(health), "errors": len(errors)}
+                   "health_n": len(health)}
             rows.append(row)
-            print(f"{name:<12}{row['rps']:9.1f}{row['p50_ms']:9.2f}"
+            print(f"{name:<27}{row['rps']:8.1f}{row['p50_ms']:9.2f}"
                   f"{row['p99_ms']:9.2f}{row['health_p99_ms']:15.2f}"
-                  f"{row['errors']:8d}")
+                  f"{row['errors']:8d}", flush=True)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        if lua:
+            os.unlink(lua)
+
     by = {r["variant"]: r for r in rows}
-    print(f"offloop / threadpool requests/s: "
-          f"{by['offloop']['rps'] / by['threadpool']['rps']:.2f}x; "
-          f"/health p99 under load: sync {by['sync']['health_p99_ms']:.2f} ms,"
-          f" threadpool {by['threadpool']['health_p99_ms']:.2f} ms, "
-          f"offloop {by['offloop']['health_p99_ms']:.2f} ms")
+    sync, tp, ol = by["sync"], by["threadpool"], by["offloop"]
+    tpo = by["threadpool+offloop-kernel"]
+    ratio = ol["rps"] / tp["rps"]
+    stall = sync["health_p99_ms"] / ol["health_p99_ms"]
+    print(f"kernel alone (threadpool+offloop-kernel / threadpool): "
+          f"{tpo['rps'] / tp['rps']:.2f}x req/s; bridge alone (offloop / "
+          f"threadpool+offloop-kernel): {ol['rps'] / tpo['rps']:.2f}x req/s")
+    print(f"goal: offloop req/s >= {GOAL_RPS:g}x threadpool (numpy): "
+          f"{ratio:.2f}x  {verdict(ratio >= GOAL_RPS)}")
+    print(f"goal: offloop /health p99 under load <= {GOAL_HEALTH_MS:g} ms: "
+          f"{ol['health_p99_ms']:.2f} ms  "
+          f"{verdict(ol['health_p99_ms'] <= GOAL_HEALTH_MS)}")
+    print(f"goal: sync shows the stall, /health p99 >= {GOAL_STALL:g}x "
+          f"offloop's: {sync['health_p99_ms']:.1f} ms = {stall:.0f}x  "
+          f"{verdict(stall >= GOAL_STALL)}")
 
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -285,9 +535,9 @@ def main():
         w.writerows(rows)
     if not args.no_chart:
         chart(rows, pathlib.Path(args.chart),
-              f"POST /search, {args.rows:,} x 384, top-10, "
-              f"{args.concurrency} in flight, {os.cpu_count()} CPUs "
-              f"(commit {commit()})")
+              f"POST /search: numpy vs offloop, {args.rows:,} x {DIM}, "
+              f"top-{K}, {args.concurrency} connections ({client.split(',')[0]})"
+              f", {os.cpu_count()} CPUs, commit {commit()}")
         print(f"chart: {args.chart}")
 
 
