@@ -618,7 +618,11 @@ def test_four_loops_mixed_load_cancels_closes_and_a_fork():
     assert run.fork_code == 0, f"child failed: {run.fork_report}\n{figures}"
     assert c["waved"] == JOBS, figures
     assert c["resolved"] + c["cancelled"] == JOBS, figures
-    assert 0.05 * JOBS < c["cancelled"] < 0.15 * JOBS, figures
+    # About 10% get cancel() at a random moment; how many land before
+    # their job ends depends on the machine's speed (asyncio's debug mode
+    # halves it), so only bound it by the attempts.
+    assert 0.05 * JOBS < c["cancel_attempts"] < 0.15 * JOBS, figures
+    assert 0 < c["cancelled"] <= c["cancel_attempts"], figures
     assert c["loops_created"] == c["loops_closed"] == loops, figures
     assert not touched, (f"{len(touched)} futures of closed loops changed "
                          f"after the close: {touched[:3]}\n{figures}")
