@@ -293,6 +293,25 @@ async def test_cancel_queued_job_never_starts_and_releases(loop, t):
     assert _delta(t, before, "started") == threads
 
 
+async def test_release_raising_after_cancel_reaches_the_exception_handler(t):
+    loop = asyncio.get_running_loop()
+    reported = []
+    loop.set_exception_handler(lambda _, ctx: reported.append(ctx))
+    threads = offloop.stats()["threads"]
+    before = t.counters()
+    blockers = [t.submit("gated") for _ in range(threads)]
+    await _until(lambda: _delta(t, before, "started") == threads)
+    queued = t.submit("release_raises")
+    queued.cancel()  # never starts; its release runs now, and raises
+    assert _delta(t, before, "releases") == 1
+    assert len(reported) == 1
+    assert isinstance(reported[0]["exception"], SystemError)
+    assert "release callback" in str(reported[0]["exception"])
+    assert reported[0]["future"] is queued
+    t.set_gate(True)
+    assert await asyncio.gather(*blockers) == [42] * threads
+
+
 async def test_cancel_running_job_reaches_execute(loop, t):
     before = t.counters()
     task = asyncio.ensure_future(t.submit("gated"))

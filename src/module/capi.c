@@ -149,10 +149,41 @@ release_ctx(capi_payload *p)
     return raised;
 }
 
-/* release(ctx) where no future can carry its error: report it as
- * unraisable (printed, or sys.unraisablehook). */
+/* Hand an error to the loop's exception handler (as asyncio does for a
+ * callback that raised), or, with no open loop to take it, to
+ * sys.unraisablehook.  Steals `exc`. */
 static void
-release_ctx_unraisable(capi_payload *p)
+report_to_loop(PyObject *fut, PyObject *exc, const char *message)
+{
+    PyObject *loop = NULL, *closed = NULL, *context = NULL, *r = NULL;
+
+    if (fut != NULL) {
+        loop = PyObject_CallMethod(fut, "get_loop", NULL);
+        closed = loop ? PyObject_CallMethod(loop, "is_closed", NULL) : NULL;
+    }
+    if (closed == Py_False) {
+        context = Py_BuildValue("{s:s,s:O,s:O}", "message", message,
+                                "exception", exc, "future", fut);
+        r = context ? PyObject_CallMethod(loop, "call_exception_handler",
+                                          "O", context)
+                    : NULL;
+    }
+    if (r == NULL) {
+        PyErr_Clear();
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        PyErr_WriteUnraisable(fut);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(context);
+    Py_XDECREF(closed);
+    Py_XDECREF(loop);
+    Py_DECREF(exc);
+}
+
+/* release(ctx) of a job whose future cannot carry the error (cancelled,
+ * dropped with its loop, or already resolved). */
+static void
+release_ctx_reported(capi_payload *p, PyObject *fut)
 {
     PyObject *type, *value, *tb, *raised = release_ctx(p);
 
@@ -162,7 +193,8 @@ release_ctx_unraisable(capi_payload *p)
     PyErr_Fetch(&type, &value, &tb);
     system_error(raised, "release", (void (*)(void))p->release,
                  "raised an exception");
-    PyErr_WriteUnraisable(NULL);
+    report_to_loop(fut, ol_fetch_exception(),
+                   "offloop: a C-API release callback raised");
     PyErr_Restore(type, value, tb);
 }
 
@@ -173,7 +205,7 @@ capi_release(ol_pyjob *job)
     capi_payload *p = PAYLOAD(job);
 
     unlink_job(p);
-    release_ctx_unraisable(p);
+    release_ctx_reported(p, job->future);
 }
 
 /* ---- the job kind -------------------------------------------------- */
@@ -328,7 +360,7 @@ submit_common(size_t nchunks, offloop_execute_fn execute,
                     : ol_submit_async(st, job, 0);
 
 refuse:
-    release_ctx_unraisable(&orphan);
+    release_ctx_reported(&orphan, NULL);
     return NULL;
 }
 
@@ -390,7 +422,7 @@ again:
             continue; /* a worker still runs it: leave ctx alone */
         }
         unlink_job(p);
-        release_ctx_unraisable(p);
+        release_ctx_reported(p, NULL);
         goto again;
     }
     Py_RETURN_NONE;
