@@ -27,6 +27,11 @@
  * before it takes the lock to look at the queue, so a job pushed while it
  * spins is never missed.
  *
+ * Room.  With max_queue set, a submit past the bound fails with OL_EAGAIN
+ * and is never delivered.  Whoever frees a slot (a worker starting a job,
+ * a cancel) wakes the blocking submitters on space_cond and the ports
+ * registered with ol_port_wait_space() (port.c keeps that list).
+ *
  * Priority.  Workers run at a higher nice value than the process (Linux:
  * per-thread nice), so that an event loop thread preempts them.
  *
