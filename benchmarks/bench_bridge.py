@@ -185,6 +185,24 @@ class Recorder:
             w.writerows(self.rows)
 
 
+def loop_factories(spec, error):
+    """{name: factory} for a comma-separated list of asyncio,uvloop."""
+    factories = {}
+    for name in [s.strip() for s in spec.split(",") if s.strip()]:
+        if name == "asyncio":
+            factories[name] = asyncio.new_event_loop
+        elif name == "uvloop":
+            try:
+                import uvloop
+            except ImportError:
+                print("uvloop not installed: skipped", file=sys.stderr)
+                continue
+            factories[name] = uvloop.new_event_loop
+        else:
+            error(f"unknown loop {name!r}")
+    return factories
+
+
 def rotated(items, k):
     k %= len(items)
     return items[k:] + items[:k]
@@ -766,19 +784,7 @@ def main(argv=None):
     except ImportError:
         have_anyio = False
 
-    factories = {}
-    for name in [s.strip() for s in args.loops.split(",") if s.strip()]:
-        if name == "asyncio":
-            factories[name] = asyncio.new_event_loop
-        elif name == "uvloop":
-            try:
-                import uvloop
-            except ImportError:
-                print("uvloop not installed: skipped", file=sys.stderr)
-                continue
-            factories[name] = uvloop.new_event_loop
-        else:
-            ap.error(f"unknown loop {name!r}")
+    factories = loop_factories(args.loops, ap.error)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
 
     ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -30,7 +30,6 @@ Usage::
 """
 
 import argparse
-import asyncio
 import concurrent.futures
 import csv
 import datetime
@@ -48,6 +47,7 @@ from bench_bridge import (  # noqa: E402  (the bridge's probe and helpers)
     cpu_model,
     git_commit,
     loaded_probe,
+    loop_factories,
     percentile,
     probe,
     rotated,
@@ -591,19 +591,7 @@ def main(argv=None):
         offloop.configure(threads=args.threads)
     if args.isa:
         _core._set_isa(args.isa)
-    factories = {}
-    for name in [s.strip() for s in args.loops.split(",") if s.strip()]:
-        if name == "asyncio":
-            factories[name] = asyncio.new_event_loop
-        elif name == "uvloop":
-            try:
-                import uvloop
-            except ImportError:
-                print("uvloop not installed: skipped", file=sys.stderr)
-                continue
-            factories[name] = uvloop.new_event_loop
-        else:
-            ap.error(f"unknown loop {name!r}")
+    factories = loop_factories(args.loops, ap.error)
 
     ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()
