@@ -85,7 +85,7 @@ def numpy_top_k(q, m, k):
     return scores[idx], idx
 
 
-def serve(port, rows):
+def serve(port, rows, threads):
     """Run the example app plus the comparison routes (subprocess)."""
     sys.path.insert(0, str(ROOT / "examples"))
     import uvicorn
@@ -94,6 +94,9 @@ def serve(port, rows):
 
     import fastapi_app
     import offloop
+
+    if threads:
+        offloop.configure(threads=threads)
 
     app = fastapi_app.create_app(rows=rows)
 
@@ -417,6 +420,10 @@ def main():
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="OPENBLAS_NUM_THREADS in the server (default "
                              "1; 0: the library's default, one per CPU)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="offloop.configure(threads=N) in the server "
+                             "(default 0: one per CPU); 1 leaves a core "
+                             "to the loop on 2 CPUs")
     parser.add_argument("--chart", default=str(ROOT / "docs" /
                                                "bench_fastapi.png"))
     parser.add_argument("--no-chart", action="store_true")
@@ -424,7 +431,7 @@ def main():
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve, args.rows)
+        return serve(args.serve, args.rows, args.threads)
     if args.quick:
         args.duration, args.warmup = 4, 1
 
@@ -452,7 +459,8 @@ def main():
         env.pop("OPENBLAS_NUM_THREADS", None)
     blas = env.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()})")
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
-                             "--rows", str(args.rows)], env=env)
+                             "--rows", str(args.rows),
+                             "--threads", str(args.threads)], env=env)
     rows = []
     try:
         wait_ready(port, proc)
@@ -468,7 +476,8 @@ def main():
               f"variant after {args.warmup} s warm-up; load: {client}; "
               f"body: {body_desc}, {N_BODIES} rotated; GET /health every "
               f"{HEALTH_PERIOD * 1e3:g} ms from this process; "
-              f"server: OpenBLAS threads {blas}, offloop worker nice "
+              f"server: OpenBLAS threads {blas}, offloop threads "
+              f"{args.threads or f'{os.cpu_count()} (default)'}, worker nice "
               f"{env.get('OFFLOOP_WORKER_NICE', '5 (default)')}")
         # The numpy and offloop endpoints agree on the best row.
         tops = {name: post(port, path, bodies[0])[0]
