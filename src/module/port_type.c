@@ -13,6 +13,11 @@
  * plus the ones closed since the last sweep.  Jobs delivered to a released
  * port are dropped (counted, references released, futures untouched).
  *
+ * Backpressure: while the pool's queue is at max_queue, the loop's further
+ * jobs wait here (held_head, oldest first) and the port registers with the
+ * core for a wake-up of its fd when room frees; the reader callback then
+ * moves them into the pool.  Only the loop thread touches the held list.
+ *
  * After fork(), a child's ports from the parent are stale: their fd and
  * epoll registration are shared with the parent, so the child only closes
  * its copy of the fd, never calls remove_reader, and makes new ports.
