@@ -18,12 +18,9 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import json
 import math
 import os
 import random
-import select
-import signal
 import sys
 import threading
 import time
@@ -32,6 +29,11 @@ import traceback
 import offloop
 import pytest
 from offloop import _testing
+
+# The fork helper shared with tests/test_fork.py lives in tests/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+from forking import CHILD_DEADLINE, fork  # noqa: E402
 
 try:
     import uvloop
@@ -58,7 +60,6 @@ ABANDONED_PER_LOOP = 150  # jobs in flight when a loop closes
 CANCEL_RATE = 0.10
 WAVE_DEADLINE = 120       # seconds for one wave to resolve
 JOIN_DEADLINE = 600       # seconds for the whole run
-CHILD_DEADLINE = 20       # seconds; the forked child dies after it
 
 # Resource bounds after the run, against the baseline.  RSS also grows
 # without a leak: the interleaved lifetimes of loops closed with jobs in
@@ -448,38 +449,9 @@ def _fork_and_check():
     on a fresh loop and exits.  Returns the child's exit code and report."""
     for n in range(0, 2000, 13):
         _ref(n)
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(rfd)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(CHILD_DEADLINE)
-            out = json.dumps(_child_work()).encode()
-            code = 0
-        except BaseException:  # noqa: BLE001 - reported to the parent
-            out = traceback.format_exc()[-8000:].encode()
-        finally:
-            try:
-                os.write(wfd, out)
-            finally:
-                os._exit(code)
-    os.close(wfd)
-    try:
-        pidfd = os.pidfd_open(pid)
-        try:
-            if not select.select([pidfd], [], [], CHILD_DEADLINE + 5)[0]:
-                os.kill(pid, signal.SIGKILL)
-        finally:
-            os.close(pidfd)
-        _, status = os.waitpid(pid, 0)
-        report = b""
-        while chunk := os.read(rfd, 65536):
-            report += chunk
-    finally:
-        os.close(rfd)
-    return os.waitstatus_to_exitcode(status), report.decode(errors="replace")
+    with fork(_child_work) as child:
+        code, report = child.wait(CHILD_DEADLINE + 5)
+    return code, str(report)
 
 
 # ---- the test ----------------------------------------------------------
