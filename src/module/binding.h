@@ -96,8 +96,9 @@ PyObject *ol_pyjob_result(ol_state *st, ol_pyjob *job);
  * this thread and the future is returned done. */
 PyObject *ol_submit_async(ol_state *st, ol_pyjob *job, int inline_ok);
 /* Submit and wait with the GIL released: the result, or NULL + exception
- * (the job is freed either way). */
-PyObject *ol_submit_blocking(ol_state *st, ol_pyjob *job);
+ * (the job is freed either way).  If `inline_ok`, the job runs on this
+ * thread instead, GIL held. */
+PyObject *ol_submit_blocking(ol_state *st, ol_pyjob *job, int inline_ok);
 /* Resolve one job taken from a port, on its loop's thread. */
 void ol_resolve(ol_state *st, ol_pyjob *job);
 /* The raised exception, normalized, with its traceback attached. */

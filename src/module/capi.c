@@ -356,7 +356,7 @@ submit_common(size_t nchunks, offloop_execute_fn execute,
     }
     live_head = p;
     /* Both free the job on failure, which releases ctx. */
-    return blocking ? ol_submit_blocking(st, job)
+    return blocking ? ol_submit_blocking(st, job, 0)
                     : ol_submit_async(st, job, 0);
 
 refuse:

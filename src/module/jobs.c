@@ -299,13 +299,18 @@ park_until_exit(void)
 }
 
 PyObject *
-ol_submit_blocking(ol_state *st, ol_pyjob *job)
+ol_submit_blocking(ol_state *st, ol_pyjob *job, int inline_ok)
 {
     ol_waiter_t waiter;
     PyObject *res;
     int rc;
 
-    if (ol_in_worker()) {
+    if (inline_ok) {
+        /* A tiny job: cheaper here, GIL held, than a worker's wake-up. */
+        ol_job_run_inline(&job->core);
+        ol_count.inline_runs++;
+    }
+    else if (ol_in_worker()) {
         /* On a worker, waiting for another worker could deadlock. */
         Py_BEGIN_ALLOW_THREADS
         ol_job_run_inline(&job->core);

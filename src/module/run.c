@@ -164,7 +164,7 @@ run_blocking(PyObject *module, PyObject *const *args, size_t nargsf,
 {
     ol_pyjob *job = run_job(args, PyVectorcall_NARGS(nargsf), kwnames);
 
-    return job ? ol_submit_blocking(ol_get_state(module), job) : NULL;
+    return job ? ol_submit_blocking(ol_get_state(module), job, 0) : NULL;
 }
 
 double

@@ -37,7 +37,7 @@ submit(PyObject *module, ol_pyjob *job, int blocking)
     if (job == NULL) {
         return NULL;
     }
-    return blocking ? ol_submit_blocking(st, job)
+    return blocking ? ol_submit_blocking(st, job, 0)
                     : ol_submit_async(st, job, 0);
 }
 

@@ -636,26 +636,6 @@ static const ol_jobkind topk_kind = {.name = "top_k",
 
 /* ---- submission ---------------------------------------------------- */
 
-/* Run a tiny blocking call here, GIL held: cheaper than waking a worker
- * and waiting for it.  Counted like an inline asynchronous call. */
-static PyObject *
-run_here(ol_state *st, ol_pyjob *job)
-{
-    PyObject *res;
-
-    ol_job_run_inline(&job->core);
-    ol_count.inline_runs++;
-    res = ol_pyjob_result(st, job);
-    if (res != NULL) {
-        ol_count.completed++;
-    }
-    else {
-        ol_count.failed++;
-    }
-    ol_pyjob_free(job);
-    return res;
-}
-
 static PyObject *
 submit(ol_state *st, ol_pyjob *job, int blocking)
 {
@@ -663,10 +643,8 @@ submit(ol_state *st, ol_pyjob *job, int blocking)
     int inline_run = p->qblocks * p->rblocks == 1 && tiny(p->nq, p->n, p->d);
 
     job->core.nchunks = p->qblocks * p->rblocks;
-    if (blocking) {
-        return inline_run ? run_here(st, job) : ol_submit_blocking(st, job);
-    }
-    return ol_submit_async(st, job, inline_run);
+    return blocking ? ol_submit_blocking(st, job, inline_run)
+                    : ol_submit_async(st, job, inline_run);
 }
 
 static ol_pyjob *
