@@ -105,6 +105,8 @@ void ol_resolve(ol_state *st, ol_pyjob *job);
 PyObject *ol_fetch_exception(void);
 /* Drop a job whose loop is gone: count it, release it. */
 void ol_drop(ol_pyjob *job);
+/* Drop every job of a list linked by done_next. */
+void ol_drop_list(ol_job_t *list);
 /* Drop every orphaned job (their loops closed before they finished). */
 void ol_drain_orphans(void);
 

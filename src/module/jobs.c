@@ -246,15 +246,19 @@ ol_drop(ol_pyjob *job)
 }
 
 void
-ol_drain_orphans(void)
+ol_drop_list(ol_job_t *list)
 {
-    ol_job_t *list = ol_orphans_take();
-
     while (list != NULL) {
         ol_job_t *next = list->done_next;
         ol_drop((ol_pyjob *)list);
         list = next;
     }
+}
+
+void
+ol_drain_orphans(void)
+{
+    ol_drop_list(ol_orphans_take());
 }
 
 /* ---- blocking ------------------------------------------------------ */

@@ -189,12 +189,7 @@ port_release(ol_state *st, OlPortObject *self)
             Py_XDECREF(r);
             Py_XDECREF(fd);
         }
-        ol_job_t *list = ol_port_close(port);
-        while (list != NULL) {
-            ol_job_t *next = list->done_next;
-            ol_drop((ol_pyjob *)list);
-            list = next;
-        }
+        ol_drop_list(ol_port_close(port));
         ol_port_decref(port);
     }
     Py_CLEAR(self->loop_ref);
