@@ -741,10 +741,10 @@ def main(argv=None):
         help="offloop.configure(threads=N)",
     )
     ap.add_argument(
-        "--worker-nice",
-        type=int,
+        "--worker-priority",
         default=None,
-        help="OFFLOOP_WORKER_NICE for offloop's workers (0 disables)",
+        help="OFFLOOP_WORKER_PRIORITY for offloop's workers: idle (the"
+        " default, SCHED_IDLE) or a nice increment N (0: the loop's)",
     )
     ap.add_argument(
         "--no-executor-load",
@@ -769,8 +769,8 @@ def main(argv=None):
         args.seq = min(args.seq, 1_000)
         args.samples = min(args.samples, 400)
         args.blocks = min(args.blocks, 2)
-    if args.worker_nice is not None:
-        os.environ["OFFLOOP_WORKER_NICE"] = str(args.worker_nice)
+    if args.worker_priority is not None:
+        os.environ["OFFLOOP_WORKER_PRIORITY"] = args.worker_priority
 
     import offloop
 
@@ -808,7 +808,8 @@ def main(argv=None):
     print(
         f"# loops {','.join(factories)}"
         f" | offloop threads={offloop.stats()['threads']}"
-        f" worker_nice={os.environ.get('OFFLOOP_WORKER_NICE', '5 (default)')}"
+        f" worker_priority="
+        f"{os.environ.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}"
         f" | rounds={args.rounds} (+{args.warmup} warm-up),"
         " best round reported"
         f" | n={args.n} seq={args.seq} samples={args.samples}"

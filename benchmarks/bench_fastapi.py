@@ -477,8 +477,8 @@ def main():
               f"body: {body_desc}, {N_BODIES} rotated; GET /health every "
               f"{HEALTH_PERIOD * 1e3:g} ms from this process; "
               f"server: OpenBLAS threads {blas}, offloop threads "
-              f"{args.threads or f'{os.cpu_count()} (default)'}, worker nice "
-              f"{env.get('OFFLOOP_WORKER_NICE', '5 (default)')}")
+              f"{args.threads or f'{os.cpu_count()} (default)'}, worker priority "
+              f"{env.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}")
         # The numpy and offloop endpoints agree on the best row.
         tops = {name: post(port, path, bodies[0])[0]
                 for name, path in VARIANTS}

@@ -555,8 +555,9 @@ def main(argv=None):
                     help="idle/loaded alternations (default 4)")
     ap.add_argument("--cases", default=",".join(CASES),
                     help="comma-separated subset of " + ",".join(CASES))
-    ap.add_argument("--worker-nice", type=int, default=None,
-                    help="OFFLOOP_WORKER_NICE for offloop's workers")
+    ap.add_argument("--worker-priority", default=None,
+                    help="OFFLOOP_WORKER_PRIORITY for offloop's workers: "
+                         "idle (default) or a nice increment")
     ap.add_argument("--loops", default="asyncio,uvloop",
                     help="comma-separated: asyncio,uvloop")
     ap.add_argument("--threads", type=int, default=None,
@@ -579,8 +580,8 @@ def main(argv=None):
     for c in cases:
         if c not in CASES:
             ap.error(f"unknown case {c!r}")
-    if args.worker_nice is not None:
-        os.environ["OFFLOOP_WORKER_NICE"] = str(args.worker_nice)
+    if args.worker_priority is not None:
+        os.environ["OFFLOOP_WORKER_PRIORITY"] = args.worker_priority
 
     import numpy as np
 
@@ -603,8 +604,8 @@ def main(argv=None):
           f" {offloop.__version__} @ {commit} | numpy {np.__version__}")
     print(f"# numpy BLAS: {blas_line()}")
     print(f"# offloop: threads={threads} isa={_core._isa()}"
-          f" worker_nice="
-          f"{os.environ.get('OFFLOOP_WORKER_NICE', '5 (default)')}"
+          f" worker_priority="
+          f"{os.environ.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}"
           f" | loops {','.join(factories)} | rounds={args.rounds}"
           f" (+{args.warmup} warm-up), best round reported", flush=True)
 
