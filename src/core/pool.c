@@ -434,6 +434,38 @@ must_leave(void)
     return pool.stopping || pool.alive > pool.target;
 }
 
+/* Pool lock held.  Pop the next job and count it as running; sets
+ * *freed_slot when that freed a slot of a bounded queue. */
+static ol_job_t *
+take_job(int *freed_slot)
+{
+    ol_job_t *job = queue_pop();
+
+    job->active++;
+    *freed_slot = 0;
+    if (job->state == OL_JOB_QUEUED) {
+        job->state = OL_JOB_RUNNING;
+        pool.queued--;
+        atomic_fetch_add(&pool.running, 1);
+        pool.started++;
+        *freed_slot = pool.max_queue != 0;
+    }
+    return job;
+}
+
+/* Pool lock held.  This worker is done with the job: is it the last? */
+static int
+leave_job(ol_job_t *job)
+{
+    int last = --job->active == 0 && !job->in_queue &&
+               job->state != OL_JOB_DONE;
+
+    if (last) {
+        job->state = OL_JOB_DONE;
+    }
+    return last;
+}
+
 static void *
 worker(void *arg)
 {
@@ -450,34 +482,28 @@ worker(void *arg)
         if (must_leave()) {
             break;
         }
-        ol_job_t *job = queue_pop();
-        int bounded = pool.max_queue != 0;
-        int freed_slot = 0;
-        job->active++;
-        if (job->state == OL_JOB_QUEUED) {
-            job->state = OL_JOB_RUNNING;
-            pool.queued--;
-            atomic_fetch_add(&pool.running, 1);
-            pool.started++;
-            freed_slot = bounded;
-        }
+        int freed_slot;
+        ol_job_t *job = take_job(&freed_slot);
         OL__CHECK(pthread_mutex_unlock(&pool.lock));
-        if (freed_slot) {
-            note_space();
-        }
-
-        run_chunks(job);
-
-        OL__CHECK(pthread_mutex_lock(&pool.lock));
-        int last = --job->active == 0 && !job->in_queue &&
-                   job->state != OL_JOB_DONE;
-        if (last) {
-            job->state = OL_JOB_DONE;
-        }
-        OL__CHECK(pthread_mutex_unlock(&pool.lock));
-        if (last) {
-            end_job(job); /* job may be freed by its owner from here on */
-            note_delivered();
+        /* Back to back: leaving one job and taking the next is one turn
+         * of the lock, which small jobs feel. */
+        while (job != NULL) {
+            if (freed_slot) {
+                note_space();
+            }
+            run_chunks(job);
+            OL__CHECK(pthread_mutex_lock(&pool.lock));
+            int last = leave_job(job);
+            ol_job_t *next = NULL;
+            if (!queue_empty() && !must_leave()) {
+                next = take_job(&freed_slot);
+            }
+            OL__CHECK(pthread_mutex_unlock(&pool.lock));
+            if (last) {
+                end_job(job); /* job may be freed by its owner from here on */
+                note_delivered();
+            }
+            job = next;
         }
         if (atomic_load(&pool.pending) == 0) {
             spin();
