@@ -149,3 +149,34 @@ def test_loops_in_threads_come_and_go():
     assert not errors, errors
     _settle()
     assert _open_fds() == fds
+
+
+@pytest.mark.parametrize("factory", [asyncio.new_event_loop,
+                                     uvloop.new_event_loop],
+                         ids=["asyncio", "uvloop"])
+def test_every_submit_goes_to_the_loop_running_now(factory):
+    """offloop remembers the running loop between submits; a new loop on
+    the same thread, while the old ones stay alive, is never mistaken for
+    an old one."""
+    async def submit():
+        fut = _testing.noop()
+        assert fut.get_loop() is asyncio.get_running_loop()
+        await fut
+        return fut.get_loop()
+
+    kept = []  # alive, so a stale memory of any of them would be used
+    try:
+        for i in range(200):
+            loop = factory() if i % 3 else asyncio.new_event_loop()
+            kept.append(loop)
+            assert loop.run_until_complete(submit()) is loop
+            # Back to an older loop that is still open.
+            old = kept[i // 2]
+            if not old.is_closed():
+                assert old.run_until_complete(submit()) is old
+            if i % 2:
+                loop.close()
+    finally:
+        for loop in kept:
+            loop.close()
+    _settle()

@@ -56,6 +56,13 @@ typedef struct {
     PyObject *str_set_exception;
     PyObject *str_cancel;
     PyObject *last_loop;          /* borrowed, compared by address only */
+    /* port_type.c's running_loop(): the thread-state entry asyncio last
+     * kept the running loop in (strong), the loop it meant (borrowed: the
+     * entry holds it) and the fork generation then. */
+    PyObject *str_running_loop_key;
+    PyObject *loop_entry;
+    PyObject *loop_entry_loop;
+    unsigned loop_entry_generation;
     PyObject *last_port;          /* strong */
     /* vectors.c: numpy.empty and dtypes, set on first use (NULL until
      * then, so that import offloop does not import numpy). */

@@ -212,6 +212,7 @@ core_exec(PyObject *module)
     INTERN(str_set_result, "set_result");
     INTERN(str_set_exception, "set_exception");
     INTERN(str_cancel, "cancel");
+    INTERN(str_running_loop_key, "__asyncio_running_event_loop__");
     st->kw_loop = Py_BuildValue("(s)", "loop");
     st->ports = PyDict_New();
     if (st->kw_loop == NULL || st->ports == NULL) {
@@ -244,6 +245,7 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->InvalidStateError);
     Py_VISIT(st->ports);
     Py_VISIT(st->last_port);
+    Py_VISIT(st->loop_entry);
     Py_VISIT(st->np_empty);
     Py_VISIT(st->np_float32);
     Py_VISIT(st->np_int64);
@@ -257,6 +259,8 @@ core_clear(PyObject *module)
 
     st->last_loop = NULL;
     Py_CLEAR(st->last_port);
+    st->loop_entry_loop = NULL;
+    Py_CLEAR(st->loop_entry);
     if (st->ports != NULL) {
         ol_ports_sweep(st, 1); /* while the state they need is still here */
     }
@@ -275,6 +279,7 @@ core_clear(PyObject *module)
     Py_CLEAR(st->str_set_result);
     Py_CLEAR(st->str_set_exception);
     Py_CLEAR(st->str_cancel);
+    Py_CLEAR(st->str_running_loop_key);
     Py_CLEAR(st->np_empty);
     Py_CLEAR(st->np_float32);
     Py_CLEAR(st->np_int64);
