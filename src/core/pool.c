@@ -60,8 +60,10 @@
 #include <sys/syscall.h>
 #endif
 
-#define OL_SPIN_MAX_NS 50000L /* spin at most 50 us after a job */
-#define OL_SPIN_MIN_NS 2000L
+#define OL_SPIN_MAX_NS OL__SPIN_MAX_NS /* spin at most 50 us after a job */
+#define OL_SPIN_MIN_NS OL__SPIN_MIN_NS
+/* A worker woken this soon after it fell asleep resets the spin budget. */
+#define OL_SPIN_RETRY_NS (2 * OL_SPIN_MAX_NS)
 #define OL_WORKER_IDLE (-1) /* worker_nice: SCHED_IDLE, not a nice value */
 
 static struct {
@@ -391,6 +393,15 @@ note_delivered(void)
     }
 }
 
+static long
+now_ns(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
 static void
 spin(void)
 {
@@ -426,6 +437,18 @@ spin(void)
     budget = budget > OL_SPIN_MAX_NS ? OL_SPIN_MAX_NS : budget;
     atomic_store(&pool.spin_ns, budget);
     atomic_store(&pool.spinning, 0);
+}
+
+long
+ol__pool_spin_budget_ns(void)
+{
+    return atomic_load(&pool.spin_ns);
+}
+
+unsigned
+ol__pool_idle_workers(void)
+{
+    return atomic_load(&pool.idle);
 }
 
 static int
@@ -474,10 +497,21 @@ worker(void *arg)
     lower_priority();
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     for (;;) {
-        while (queue_empty() && !must_leave()) {
-            atomic_fetch_add(&pool.idle, 1);
-            OL__CHECK(pthread_cond_wait(&pool.work_cond, &pool.lock));
-            atomic_fetch_sub(&pool.idle, 1);
+        if (queue_empty() && !must_leave()) {
+            long slept_at = now_ns();
+            do {
+                atomic_fetch_add(&pool.idle, 1);
+                OL__CHECK(pthread_cond_wait(&pool.work_cond, &pool.lock));
+                atomic_fetch_sub(&pool.idle, 1);
+            } while (queue_empty() && !must_leave());
+            if (now_ns() - slept_at < OL_SPIN_RETRY_NS) {
+                /* Work came back soon after the spin gave up: a caller
+                 * awaiting one job at a time whose round trip outgrew the
+                 * shrunken budget.  Without this the budget could only
+                 * shrink, and such a caller stayed on the slow path of two
+                 * sleeping threads for good. */
+                atomic_store(&pool.spin_ns, OL_SPIN_MAX_NS);
+            }
         }
         if (must_leave()) {
             break;

@@ -5,9 +5,10 @@
  *
  * Jobs that must stay running block on a gate_t the test opens; jobs that
  * must stay queued wait behind such blockers, so no case depends on
- * timing.  Every wait has a bound (test_util.h).  Blockers are submitted
- * one at a time, each after the previous one started: see
- * pool_regr_burst_while_spinning for why a burst is not used.
+ * timing, but for the spin budget's, which is about time.  Every wait has
+ * a bound (test_util.h).  Blockers are submitted one at a time, each after
+ * the previous one started, so that a case does not also test bursts
+ * (pool_regr_burst_while_spinning does).
  */
 #include <poll.h>
 #include <sched.h>
@@ -15,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "internal.h" /* ol__pool_spin_budget_ns */
 #include "test_util.h"
 
 /* A test job.  `job` comes first, so an ol_job_t * is a tjob_t *. */
@@ -781,12 +783,68 @@ pool_wait_idle_covers_finish(void)
     ASSERT_EQ(rc, -ETIMEDOUT);
 }
 
-/* ---- known bugs (opt-in: run by name, or with OL_TEST_KNOWN_BUGS=1) -- */
+/* One quick job, submitted and waited for. */
+static void
+run_quick_job(void)
+{
+    tjob_t t;
 
-/* A burst submitted while a worker spins after its job signals nobody
- * (pool.spinning is set), and the spinner takes only one job: the others
- * stay queued while idle workers sleep.  Blocking jobs then run one at a
- * time (or deadlock if they wait for each other). */
+    tjob_init(&t, 1);
+    ASSERT_OK(ol_pool_submit(&t.job, 0));
+    tjob_wait(&t);
+    tjob_destroy(&t);
+}
+
+/* Wait until the pool's only worker sleeps on its condition variable. */
+static void
+wait_worker_asleep(void)
+{
+    struct timespec deadline, now;
+
+    ol__deadline_after(&deadline, tmo);
+    while (ol__pool_idle_workers() == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        ASSERT(now.tv_sec < deadline.tv_sec ||
+               (now.tv_sec == deadline.tv_sec &&
+                now.tv_nsec < deadline.tv_nsec));
+        sched_yield();
+    }
+}
+
+/* The spin budget shrinks while jobs come rarely, and grows back when a
+ * job comes right after the worker fell asleep: the round trip of a caller
+ * that submits one job at a time may be longer than the shrunken spin, and
+ * a spin that never finds work would otherwise never grow again. */
+static void
+pool_spin_budget_recovers(void)
+{
+    const struct timespec gap = {0, 2000000}; /* far longer than a spin */
+    int i;
+
+    ASSERT_OK(ol_pool_configure(1, 0));
+    ASSERT_OK(ol_pool_wait_idle(tmo));
+    for (i = 0; i < 1000 && ol__pool_spin_budget_ns() > OL__SPIN_MIN_NS;
+         i++) {
+        run_quick_job();
+        nanosleep(&gap, NULL); /* the spin after the job finds nothing */
+    }
+    ASSERT_EQ(ol__pool_spin_budget_ns(), OL__SPIN_MIN_NS);
+    /* The worker is asleep and the next job follows at once: one such
+     * wake-up suffices (more tries only absorb a preempted test thread). */
+    for (i = 0; i < 1000 && ol__pool_spin_budget_ns() < OL__SPIN_MAX_NS;
+         i++) {
+        wait_worker_asleep();
+        run_quick_job();
+    }
+    ASSERT_EQ(ol__pool_spin_budget_ns(), OL__SPIN_MAX_NS);
+}
+
+/* ---- regressions --------------------------------------------------- */
+
+/* Once a bug: a burst submitted while a worker spins after its job
+ * signalled nobody (pool.spinning was set), and the spinner took only one
+ * job: the others stayed queued while idle workers slept.  Blocking jobs
+ * then ran one at a time (or deadlocked if they waited for each other). */
 static void
 pool_regr_burst_while_spinning(void)
 {
@@ -824,10 +882,10 @@ pool_regr_burst_while_spinning(void)
     }
 }
 
-/* ol_finish_cb: "runs ... if no chunk failed and the job was not
- * cancelled".  A cancel that arrives during the last chunk is not seen:
- * end_job() only checks for unclaimed chunks, so finish runs and the job
- * is delivered with status 0. */
+/* Once a bug: ol_finish_cb "runs ... if no chunk failed and the job was
+ * not cancelled", but a cancel that arrived during the last chunk went
+ * unseen (end_job() only checked for unclaimed chunks), so finish ran and
+ * the job was delivered with status 0. */
 static void
 pool_regr_cancel_in_last_chunk(void)
 {
@@ -853,27 +911,26 @@ int
 main(int argc, char **argv)
 {
     static const ol_test_case_t cases[] = {
-        {"pool_configure_einval", pool_configure_einval, 0},
-        {"pool_submit_einval", pool_submit_einval, 0},
-        {"pool_in_worker", pool_in_worker, 0},
-        {"pool_submit_many", pool_submit_many, 0},
-        {"pool_chunks", pool_chunks, 0},
-        {"pool_chunks_first_error", pool_chunks_first_error, 0},
-        {"pool_cancel_queued", pool_cancel_queued, 0},
-        {"pool_cancel_running_chunked", pool_cancel_running_chunked, 0},
-        {"pool_cancel_after_delivery", pool_cancel_after_delivery, 0},
-        {"pool_resize", pool_resize, 0},
-        {"pool_max_queue", pool_max_queue, 0},
-        {"pool_wait_idle", pool_wait_idle, 0},
-        {"pool_wait_idle_covers_finish", pool_wait_idle_covers_finish, 0},
-        {"pool_concurrent_submitters", pool_concurrent_submitters, 0},
-        {"pool_fork", pool_fork, 0},
-        {"pool_run_inline", pool_run_inline, 0},
-        {"pool_regr_burst_while_spinning", pool_regr_burst_while_spinning,
-         1},
-        {"pool_regr_cancel_in_last_chunk", pool_regr_cancel_in_last_chunk,
-         1},
-        {"pool_shutdown", pool_shutdown, 0}, /* last: stops the pool */
+        {"pool_configure_einval", pool_configure_einval},
+        {"pool_submit_einval", pool_submit_einval},
+        {"pool_in_worker", pool_in_worker},
+        {"pool_submit_many", pool_submit_many},
+        {"pool_chunks", pool_chunks},
+        {"pool_chunks_first_error", pool_chunks_first_error},
+        {"pool_cancel_queued", pool_cancel_queued},
+        {"pool_cancel_running_chunked", pool_cancel_running_chunked},
+        {"pool_cancel_after_delivery", pool_cancel_after_delivery},
+        {"pool_resize", pool_resize},
+        {"pool_max_queue", pool_max_queue},
+        {"pool_wait_idle", pool_wait_idle},
+        {"pool_wait_idle_covers_finish", pool_wait_idle_covers_finish},
+        {"pool_concurrent_submitters", pool_concurrent_submitters},
+        {"pool_fork", pool_fork},
+        {"pool_run_inline", pool_run_inline},
+        {"pool_spin_budget_recovers", pool_spin_budget_recovers},
+        {"pool_regr_burst_while_spinning", pool_regr_burst_while_spinning},
+        {"pool_regr_cancel_in_last_chunk", pool_regr_cancel_in_last_chunk},
+        {"pool_shutdown", pool_shutdown}, /* last: stops the pool */
     };
 
     tmo = ol_test_timeout_ms();

@@ -409,12 +409,12 @@ int
 main(int argc, char **argv)
 {
     static const ol_test_case_t cases[] = {
-        {"port_new", port_new, 0},
-        {"port_delivery_order", port_delivery_order, 0},
-        {"port_coalesced_wakeup", port_coalesced_wakeup, 0},
-        {"port_concurrent_pool", port_concurrent_pool, 0},
-        {"port_concurrent_push", port_concurrent_push, 0},
-        {"port_close_and_orphans", port_close_and_orphans, 0},
+        {"port_new", port_new},
+        {"port_delivery_order", port_delivery_order},
+        {"port_coalesced_wakeup", port_coalesced_wakeup},
+        {"port_concurrent_pool", port_concurrent_pool},
+        {"port_concurrent_push", port_concurrent_push},
+        {"port_close_and_orphans", port_close_and_orphans},
     };
     int rc;
 

@@ -11,8 +11,7 @@
  * e.g. 0.05 under valgrind).
  *
  * A test program lists its cases in a ol_test_case_t array and calls
- * ol_test_main(); `test_x NAME...` runs the named cases only.  Cases
- * marked opt_in reproduce known core bugs and are skipped by default.
+ * ol_test_main(); `test_x NAME...` runs the named cases only.
  */
 #ifndef OL_TEST_UTIL_H
 #define OL_TEST_UTIL_H
@@ -201,8 +200,6 @@ gate_entered(gate_t *g)
 typedef struct {
     const char *name;
     void (*fn)(void);
-    int opt_in; /* a known bug's regression test: run only when named, or
-                   with OL_TEST_KNOWN_BUGS=1 */
 } ol_test_case_t;
 
 static inline int
@@ -212,8 +209,7 @@ ol_test_main(int argc, char **argv, const ol_test_case_t *cases, size_t n)
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (size_t i = 0; i < n; i++) {
-        int wanted = argc <= 1 && (!cases[i].opt_in ||
-                                   ol_test_env_long("OL_TEST_KNOWN_BUGS", 0));
+        int wanted = argc <= 1;
         for (int a = 1; a < argc; a++) {
             wanted |= strcmp(argv[a], cases[i].name) == 0;
         }
