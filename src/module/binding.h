@@ -64,7 +64,7 @@ typedef struct {
     PyObject *loop_entry_loop;
     unsigned loop_entry_generation;
     PyObject *last_port;          /* strong */
-    /* vectors.c: numpy.empty and dtypes, set on first use (NULL until
+    /* vec_args.c: numpy.empty and dtypes, set on first use (NULL until
      * then, so that import offloop does not import numpy). */
     PyObject *np_empty;
     PyObject *np_float32;

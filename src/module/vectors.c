@@ -38,6 +38,7 @@
 #include <time.h>
 
 #include "kernels.h"
+#include "vec_args.h"
 
 /* Work (multiply-adds) up to which a call runs inline on the loop
  * thread: about 5 us of one core, well under a pool round trip. */
@@ -56,15 +57,6 @@
 #define TOPK_PARTIAL_MAX (1u << 18)
 
 typedef struct {
-    Py_buffer view; /* valid while `held` */
-    int held;
-    PyObject *copy; /* strong: the converted float32 copy, or NULL */
-    float *data;
-    size_t rows, cols; /* 1-D: rows = 1 */
-    int ndim;
-} vec_buf;
-
-typedef struct {
     vec_buf in[2];     /* (a, b), (x), (q, m) */
     vec_buf out[2];    /* normalized rows; scores; (scores, indices) */
     PyObject *result;  /* strong: what complete() returns, or NULL */
@@ -81,316 +73,6 @@ typedef struct {
 } vec_payload;
 
 #define PAYLOAD(job) OL_PAYLOAD((ol_pyjob *)(job), vec_payload)
-
-/* ---- arguments ----------------------------------------------------- */
-
-/* Fill `out` (npos + nkwonly slots) from a vectorcall.  The first `nreq`
- * parameters are required.  Unset optional slots are left NULL. */
-static int
-parse_args(const char *fname, const char *const *names, int npos,
-           int nkwonly, int nreq, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, PyObject **out)
-{
-    int total = npos + nkwonly, i;
-    Py_ssize_t j, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-
-    if (nargs > npos) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s() takes at most %d positional arguments (%zd given)",
-                     fname, npos, nargs);
-        return -1;
-    }
-    for (i = 0; i < total; i++) {
-        out[i] = i < nargs ? args[i] : NULL;
-    }
-    for (j = 0; j < nkw; j++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, j);
-        for (i = 0; i < total; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
-                break;
-            }
-        }
-        if (i == total) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got an unexpected keyword argument '%S'",
-                         fname, key);
-            return -1;
-        }
-        if (out[i] != NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() got multiple values for argument '%s'", fname,
-                         names[i]);
-            return -1;
-        }
-        out[i] = args[nargs + j];
-    }
-    for (i = 0; i < nreq; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s() missing required argument '%s'", fname,
-                         names[i]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* 'f' for native float32, 'd' for native float64, 0 for anything else.
- * struct syntax: "f", "@f", "=f", and "<f" on a little-endian CPU. */
-static int
-format_kind(const Py_buffer *v)
-{
-    const char *f = v->format;
-
-    if (f == NULL) {
-        return 0; /* unsigned bytes */
-    }
-    if (f[0] == '@' || f[0] == '=' ||
-        (f[0] == '<' && PY_LITTLE_ENDIAN) ||
-        (f[0] == '>' && !PY_LITTLE_ENDIAN)) {
-        f++;
-    }
-    if (f[0] == 'f' && f[1] == '\0' && v->itemsize == 4) {
-        return 'f';
-    }
-    if (f[0] == 'd' && f[1] == '\0' && v->itemsize == 8) {
-        return 'd';
-    }
-    return 0;
-}
-
-static void
-buf_release(vec_buf *b)
-{
-    if (b->held) {
-        PyBuffer_Release(&b->view);
-        b->held = 0;
-    }
-    Py_CLEAR(b->copy);
-}
-
-/* Take the shape from a held view.  Returns -1 with ValueError for an
- * ndim other than 1 or 2, or an empty buffer. */
-static int
-buf_shape(vec_buf *b, const char *fname, const char *name)
-{
-    const Py_buffer *v = &b->view;
-
-    b->ndim = v->ndim;
-    if (v->ndim == 1) {
-        b->rows = 1;
-        b->cols = (size_t)v->shape[0];
-    }
-    else if (v->ndim == 2) {
-        b->rows = (size_t)v->shape[0];
-        b->cols = (size_t)v->shape[1];
-    }
-    else {
-        PyErr_Format(PyExc_ValueError,
-                     "%s(): %s must be 1-D or 2-D, got %d dimensions", fname,
-                     name, v->ndim);
-        return -1;
-    }
-    if (b->rows == 0 || b->cols == 0) {
-        PyErr_Format(PyExc_ValueError, "%s(): %s must not be empty", fname,
-                     name);
-        return -1;
-    }
-    b->data = (float *)v->buf;
-    return 0;
-}
-
-/* Convert anything but a float32 buffer, once, with numpy. */
-static PyObject *
-convert(PyObject *obj, const char *fname, const char *name)
-{
-    PyObject *mod, *res;
-
-    mod = PyImport_ImportModule("offloop._vectors");
-    if (mod == NULL) {
-        return NULL;
-    }
-    res = PyObject_CallMethod(mod, "_as_float32", "Oss", obj, fname, name);
-    Py_DECREF(mod);
-    return res;
-}
-
-/* Borrow `obj` as float32, C-contiguous, for the job's lifetime. */
-static int
-get_input(vec_buf *b, PyObject *obj, const char *fname, const char *name)
-{
-    int kind;
-
-    if (PyObject_CheckBuffer(obj)) {
-        if (PyObject_GetBuffer(obj, &b->view, PyBUF_RECORDS_RO) < 0) {
-            return -1;
-        }
-        b->held = 1;
-        kind = format_kind(&b->view);
-        if (kind == 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "%s(): %s must hold float32 (or float64) values, "
-                         "got buffer format '%s'",
-                         fname, name,
-                         b->view.format ? b->view.format : "B");
-            return -1;
-        }
-        if (!PyBuffer_IsContiguous(&b->view, 'C')) {
-            PyErr_Format(PyExc_ValueError,
-                         "%s(): %s must be C-contiguous (use "
-                         "numpy.ascontiguousarray(%s))",
-                         fname, name, name);
-            return -1;
-        }
-        if (kind == 'f') {
-            return buf_shape(b, fname, name);
-        }
-        buf_release(b); /* float64: converted below */
-    }
-    else if (!PySequence_Check(obj) || PyUnicode_Check(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s(): %s must be a float32 array or buffer, or a "
-                     "sequence of numbers, not %.100s",
-                     fname, name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    b->copy = convert(obj, fname, name);
-    if (b->copy == NULL) {
-        return -1;
-    }
-    if (PyObject_GetBuffer(b->copy, &b->view, PyBUF_RECORDS_RO) < 0) {
-        return -1;
-    }
-    b->held = 1;
-    return buf_shape(b, fname, name);
-}
-
-/* Borrow `obj` writable: float32, C-contiguous, shape rows x cols
- * (ndim 2), or cols (ndim 1).  Never converted. */
-static int
-get_output(vec_buf *b, PyObject *obj, const char *fname, const char *name,
-           int ndim, size_t rows, size_t cols)
-{
-    if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s(): %s must be a writable float32 array, not %.100s",
-                     fname, name, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (PyObject_GetBuffer(obj, &b->view, PyBUF_RECORDS) < 0) {
-        /* Read-only, in practice: the exporter's message would not
-         * name the argument. */
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError,
-                     "%s(): %s must be a writable buffer", fname, name);
-        return -1;
-    }
-    b->held = 1;
-    if (format_kind(&b->view) != 'f') {
-        PyErr_Format(PyExc_TypeError,
-                     "%s(): %s must be a float32 array, got buffer format "
-                     "'%s'",
-                     fname, name, b->view.format ? b->view.format : "B");
-        return -1;
-    }
-    if (!PyBuffer_IsContiguous(&b->view, 'C')) {
-        PyErr_Format(PyExc_ValueError, "%s(): %s must be C-contiguous",
-                     fname, name);
-        return -1;
-    }
-    if (b->view.ndim != ndim ||
-        (size_t)b->view.shape[0] != (ndim == 2 ? rows : cols) ||
-        (ndim == 2 && (size_t)b->view.shape[1] != cols)) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s(): %s must have shape (%zu, %zu)", fname, name,
-                     rows, cols);
-        return -1;
-    }
-    b->rows = rows;
-    b->cols = cols;
-    b->ndim = ndim;
-    b->data = (float *)b->view.buf;
-    return 0;
-}
-
-/* numpy.empty and the dtypes, imported on the first call that needs an
- * output array (import offloop does not import numpy). */
-static int
-numpy_ready(ol_state *st)
-{
-    PyObject *np;
-
-    if (st->np_empty != NULL) {
-        return 0;
-    }
-    np = PyImport_ImportModule("numpy");
-    if (np == NULL) {
-        return -1;
-    }
-    PyObject *dtype = PyObject_GetAttrString(np, "dtype");
-    PyObject *empty = PyObject_GetAttrString(np, "empty");
-    Py_DECREF(np);
-    if (dtype == NULL || empty == NULL) {
-        goto error;
-    }
-    st->np_float32 = PyObject_CallFunction(dtype, "s", "float32");
-    st->np_int64 = PyObject_CallFunction(dtype, "s", "int64");
-    if (st->np_float32 == NULL || st->np_int64 == NULL) {
-        Py_CLEAR(st->np_float32);
-        Py_CLEAR(st->np_int64);
-        goto error;
-    }
-    Py_DECREF(dtype);
-    st->np_empty = empty;
-    return 0;
-
-error:
-    Py_XDECREF(dtype);
-    Py_XDECREF(empty);
-    return -1;
-}
-
-/* A new numpy array of shape (rows, cols), or (cols,) if rows == 0;
- * float32, or int64 if `int64`. */
-static PyObject *
-new_array(ol_state *st, size_t rows, size_t cols, int int64)
-{
-    PyObject *shape, *res;
-    PyObject *args[2];
-
-    if (numpy_ready(st) < 0) {
-        return NULL;
-    }
-    shape = rows ? Py_BuildValue("(nn)", (Py_ssize_t)rows, (Py_ssize_t)cols)
-                 : Py_BuildValue("(n)", (Py_ssize_t)cols);
-    if (shape == NULL) {
-        return NULL;
-    }
-    args[0] = shape;
-    args[1] = int64 ? st->np_int64 : st->np_float32;
-    res = PyObject_Vectorcall(st->np_empty, args, 2, NULL);
-    Py_DECREF(shape);
-    return res;
-}
-
-/* Checked a * b * c; -1 (with ValueError naming `what`) on overflow of
- * Py_ssize_t. */
-static int
-checked_size(size_t a, size_t b, size_t c, size_t *out, const char *fname,
-             const char *what)
-{
-    size_t ab;
-
-    if (__builtin_mul_overflow(a, b, &ab) ||
-        __builtin_mul_overflow(ab, c, out) ||
-        *out > (size_t)PY_SSIZE_T_MAX) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s(): %s would need more than %zd bytes", fname,
-                     what, PY_SSIZE_T_MAX);
-        return -1;
-    }
-    return 0;
-}
 
 /* True if the call is small enough to run inline. */
 static int
@@ -491,10 +173,10 @@ vec_release(ol_pyjob *job)
 {
     vec_payload *p = OL_PAYLOAD(job, vec_payload);
 
-    buf_release(&p->in[0]);
-    buf_release(&p->in[1]);
-    buf_release(&p->out[0]);
-    buf_release(&p->out[1]);
+    vec_buf_release(&p->in[0]);
+    vec_buf_release(&p->in[1]);
+    vec_buf_release(&p->out[0]);
+    vec_buf_release(&p->out[1]);
     Py_CLEAR(p->result);
     free(p->lists);
     free(p->storage);
@@ -669,16 +351,16 @@ cosine_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         argv[0] = args[0];
         argv[1] = args[1];
     }
-    else if (parse_args(fname, names, 2, 0, 2, args, nargs, kwnames,
-                        argv) < 0) {
+    else if (vec_parse_args(fname, names, 2, 0, 2, args, nargs, kwnames,
+                            argv) < 0) {
         return NULL;
     }
     if ((job = new_job(&cosine_kind)) == NULL) {
         return NULL;
     }
     p = OL_PAYLOAD(job, vec_payload);
-    if (get_input(&p->in[0], argv[0], fname, "a") < 0 ||
-        get_input(&p->in[1], argv[1], fname, "b") < 0) {
+    if (vec_get_input(&p->in[0], argv[0], fname, "a") < 0 ||
+        vec_get_input(&p->in[1], argv[1], fname, "b") < 0) {
         goto error;
     }
     if (p->in[0].ndim != 1 || p->in[1].ndim != 1) {
@@ -734,7 +416,8 @@ normalize_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     vec_buf *x;
     size_t bytes;
 
-    if (parse_args(fname, names, 1, 1, 1, args, nargs, kwnames, argv) < 0) {
+    if (vec_parse_args(fname, names, 1, 1, 1, args, nargs, kwnames,
+                       argv) < 0) {
         return NULL;
     }
     if ((job = new_job(&normalize_kind)) == NULL) {
@@ -742,7 +425,7 @@ normalize_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     }
     p = OL_PAYLOAD(job, vec_payload);
     x = &p->in[0];
-    if (get_input(x, argv[0], fname, "x") < 0) {
+    if (vec_get_input(x, argv[0], fname, "x") < 0) {
         goto error;
     }
     if (x->ndim != 2) {
@@ -759,17 +442,17 @@ normalize_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         p->result = Py_NewRef(x->copy); /* normalize the copy in place */
     }
     else {
-        if (checked_size(x->rows, x->cols, sizeof(float), &bytes, fname,
-                         "x is too big: the result") < 0) {
+        if (vec_checked_size(x->rows, x->cols, sizeof(float), &bytes, fname,
+                             "x is too big: the result") < 0) {
             goto error;
         }
-        p->result = new_array(st, x->rows, x->cols, 0);
+        p->result = vec_new_array(st, x->rows, x->cols, 0);
         if (p->result == NULL) {
             goto error;
         }
     }
-    if (get_output(&p->out[0], p->result, fname, "out", 2, x->rows,
-                   x->cols) < 0) {
+    if (vec_get_output(&p->out[0], p->result, fname, "out", 2, x->rows,
+                       x->cols) < 0) {
         goto error;
     }
     bytes = x->rows * x->cols * sizeof(float);
@@ -814,8 +497,8 @@ static int
 get_query_matrix(vec_payload *p, PyObject *q, PyObject *m,
                  const char *fname)
 {
-    if (get_input(&p->in[0], q, fname, "q") < 0 ||
-        get_input(&p->in[1], m, fname, "m") < 0) {
+    if (vec_get_input(&p->in[0], q, fname, "q") < 0 ||
+        vec_get_input(&p->in[1], m, fname, "m") < 0) {
         return -1;
     }
     if (p->in[1].ndim != 2) {
@@ -850,7 +533,8 @@ sims_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     vec_payload *p;
     size_t bytes;
 
-    if (parse_args(fname, names, 2, 0, 2, args, nargs, kwnames, argv) < 0) {
+    if (vec_parse_args(fname, names, 2, 0, 2, args, nargs, kwnames,
+                       argv) < 0) {
         return NULL;
     }
     if ((job = new_job(&sims_kind)) == NULL) {
@@ -858,14 +542,14 @@ sims_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     }
     p = OL_PAYLOAD(job, vec_payload);
     if (get_query_matrix(p, argv[0], argv[1], fname) < 0 ||
-        checked_size(p->nq, p->n, sizeof(float), &bytes, fname,
-                     "q and m are too big: Q x N scores") < 0) {
+        vec_checked_size(p->nq, p->n, sizeof(float), &bytes, fname,
+                         "q and m are too big: Q x N scores") < 0) {
         goto error;
     }
-    p->result = new_array(st, p->in[0].ndim == 2 ? p->nq : 0, p->n, 0);
+    p->result = vec_new_array(st, p->in[0].ndim == 2 ? p->nq : 0, p->n, 0);
     if (p->result == NULL ||
-        get_output(&p->out[0], p->result, fname, "result",
-                   p->in[0].ndim, p->nq, p->n) < 0) {
+        vec_get_output(&p->out[0], p->result, fname, "result",
+                       p->in[0].ndim, p->nq, p->n) < 0) {
         goto error;
     }
     plan(p, tiny(p->nq, p->n, p->d), 0);
@@ -937,15 +621,15 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
     size_t bytes, lists;
     PyObject *scores, *indices;
 
-    if (checked_size(p->nq, p->k, sizeof(int64_t), &bytes, fname,
-                     "q and k are too big: Q x k results") < 0) {
+    if (vec_checked_size(p->nq, p->k, sizeof(int64_t), &bytes, fname,
+                         "q and k are too big: Q x k results") < 0) {
         return -1;
     }
-    scores = new_array(st, ndim == 2 ? p->nq : 0, p->k, 0);
+    scores = vec_new_array(st, ndim == 2 ? p->nq : 0, p->k, 0);
     if (scores == NULL) {
         return -1;
     }
-    indices = new_array(st, ndim == 2 ? p->nq : 0, p->k, 1);
+    indices = vec_new_array(st, ndim == 2 ? p->nq : 0, p->k, 1);
     if (indices == NULL) {
         Py_DECREF(scores);
         return -1;
@@ -954,8 +638,8 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
     Py_DECREF(scores);
     Py_DECREF(indices);
     if (p->result == NULL ||
-        get_output(&p->out[0], PyTuple_GET_ITEM(p->result, 0), fname,
-                   "scores", ndim, p->nq, p->k) < 0) {
+        vec_get_output(&p->out[0], PyTuple_GET_ITEM(p->result, 0), fname,
+                       "scores", ndim, p->nq, p->k) < 0) {
         return -1;
     }
     /* int64 indices: borrowed as raw memory (numpy made them). */
@@ -966,9 +650,9 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
     p->out[1].held = 1;
     p->out[1].data = p->out[1].view.buf;
     /* nq * k fits (checked above); rblocks is bounded by plan(). */
-    if (checked_size(p->rblocks, p->nq * p->k,
-                     sizeof(float) + sizeof(int64_t), &bytes, fname,
-                     "q and k are too big: partial lists") < 0) {
+    if (vec_checked_size(p->rblocks, p->nq * p->k,
+                         sizeof(float) + sizeof(int64_t), &bytes, fname,
+                         "q and k are too big: partial lists") < 0) {
         return -1;
     }
     lists = p->rblocks * p->nq;
@@ -995,7 +679,8 @@ topk_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     vec_payload *p;
     size_t per_block;
 
-    if (parse_args(fname, names, 3, 1, 2, args, nargs, kwnames, argv) < 0) {
+    if (vec_parse_args(fname, names, 3, 1, 2, args, nargs, kwnames,
+                       argv) < 0) {
         return NULL;
     }
     if ((job = new_job(&topk_kind)) == NULL) {
@@ -1080,161 +765,7 @@ get_isa(PyObject *module, PyObject *unused)
     return PyUnicode_FromString(ol_isa_name(ol_kernels_isa()));
 }
 
-/* ---- docstrings ---------------------------------------------------- */
-
-/* numpydoc, shared by each call and its blocking twin: summary and notes,
- * Parameters, then Returns (which differs), then Raises and Examples. */
-
-#define INPUTS_DOC                                                          \
-    "Inputs are used in place, without a copy, when they are float32 and\n" \
-    "C-contiguous buffers (numpy arrays, memoryview, array.array('f')):\n"  \
-    "the call holds them until it ends, so the caller may drop them.\n"     \
-    "float64 arrays and sequences of numbers are converted to float32\n"    \
-    "once, at the call (a copy; values beyond float32's range become\n"     \
-    "+-inf).  Bad arguments raise at the call; nothing is queued.\n\n"
-
-#define NAN_DOC                                                             \
-    "NaN and inf follow IEEE arithmetic: a vector holding them scores\n"    \
-    "NaN (never a crash).  A zero vector scores 0.  Vectors whose\n"        \
-    "squared norm overflows or underflows float32 (elements beyond about\n" \
-    "1e19, or all below about 1e-19) are not supported: rescale them.\n\n"
-
-#define RAISES_HEAD "Raises\n------\n"
-#define DATA_ERRORS                                                         \
-    "TypeError\n    An argument is not float32/float64 data.\n"             \
-    "ValueError\n    An argument is empty, of the wrong ndim or not\n"      \
-    "    C-contiguous"
-
-#define COSINE_DOC_HEAD                                                     \
-    "Cosine similarity of two vectors: dot(a, b) / (|a| |b|).\n\n"          \
-    "Runs inline on the calling thread (a 768-d pair costs well under a\n"  \
-    "microsecond); very long vectors run on the pool.\n\n"                  \
-    INPUTS_DOC NAN_DOC                                                      \
-    "Parameters\n----------\n"                                              \
-    "a, b : array_like, float32, shape (D,)\n"                              \
-    "    Vectors of the same length D >= 1.\n\n"
-#define COSINE_DOC_TAIL                                                     \
-    RAISES_HEAD DATA_ERRORS "; the lengths differ.\n\n"
-
-PyDoc_STRVAR(cosine_similarity_doc,
-             "cosine_similarity($module, a, b)\n--\n\n" COSINE_DOC_HEAD
-             "Returns\n-------\n"
-             "asyncio.Future[float]\n"
-             "    Done already when the call ran inline.\n\n"
-             COSINE_DOC_TAIL
-             "Examples\n--------\n"
-             ">>> a = numpy.ones(768, numpy.float32)\n"
-             ">>> await offloop.cosine_similarity(a, a)\n"
-             "1.0\n");
-
-PyDoc_STRVAR(cosine_similarity_blocking_doc,
-             "cosine_similarity_blocking($module, a, b)\n--\n\n"
-             COSINE_DOC_HEAD "Returns\n-------\nfloat\n\n" COSINE_DOC_TAIL);
-
-#define NORMALIZE_DOC_HEAD                                                  \
-    "Scale each row of x to unit L2 norm.\n\n"                              \
-    "Zero rows stay zero.  A big x is split into chunks of rows across\n"   \
-    "every worker.\n\n" INPUTS_DOC                                          \
-    "NaN and inf follow IEEE arithmetic: a row holding them becomes NaN\n"  \
-    "or zero, never a crash.  Rows whose squared norm overflows float32\n"  \
-    "(elements beyond about 1e19) become zero.\n\n"                         \
-    "Parameters\n----------\n"                                              \
-    "x : array_like, float32, shape (N, D)\n"                               \
-    "out : numpy.ndarray or writable buffer, float32, shape (N, D), "       \
-    "optional\n"                                                            \
-    "    Where to write the rows; may be x itself (in place).  If the\n"    \
-    "    call is cancelled, out holds some rows normalized and the\n"       \
-    "    others untouched.  Default: a new array (or, when x was\n"         \
-    "    converted, the converted copy).\n\n"
-#define NORMALIZE_DOC_TAIL                                                  \
-    RAISES_HEAD                                                             \
-    "TypeError\n    x is not float32/float64 data; out is not float32.\n"   \
-    "ValueError\n    x is empty, not 2-D or not C-contiguous; out has\n"    \
-    "    another shape, is read-only, or overlaps x without being x.\n\n"
-
-PyDoc_STRVAR(batch_normalize_doc,
-             "batch_normalize($module, x, *, out=None)\n--\n\n"
-             NORMALIZE_DOC_HEAD
-             "Returns\n-------\n"
-             "asyncio.Future[numpy.ndarray]\n"
-             "    Resolves to out (float32, shape (N, D)).\n\n"
-             NORMALIZE_DOC_TAIL
-             "Examples\n--------\n"
-             ">>> x = numpy.random.rand(100_000, 768).astype(numpy.float32)\n"
-             ">>> y = await offloop.batch_normalize(x, out=x)  # in place\n"
-             ">>> y is x\n"
-             "True\n");
-
-PyDoc_STRVAR(batch_normalize_blocking_doc,
-             "batch_normalize_blocking($module, x, *, out=None)\n--\n\n"
-             NORMALIZE_DOC_HEAD "Returns\n-------\nnumpy.ndarray\n"
-             "    out.\n\n" NORMALIZE_DOC_TAIL);
-
-#define SIMS_DOC_HEAD                                                       \
-    "Cosine similarity of each query with each row of m.\n\n"               \
-    "Each row's norm is computed in the same pass as its dot products.\n"   \
-    "A big call is split into chunks of rows (and of queries) across\n"    \
-    "every worker.\n\n" INPUTS_DOC NAN_DOC                                  \
-    "Parameters\n----------\n"                                              \
-    "q : array_like, float32, shape (D,) or (Q, D)\n"                       \
-    "m : array_like, float32, shape (N, D)\n\n"
-#define SIMS_DOC_TAIL                                                       \
-    RAISES_HEAD DATA_ERRORS "; D differs; the result would not\n"           \
-    "    fit in memory.\n\n"
-
-PyDoc_STRVAR(cosine_similarities_doc,
-             "cosine_similarities($module, q, m)\n--\n\n" SIMS_DOC_HEAD
-             "Returns\n-------\n"
-             "asyncio.Future[numpy.ndarray]\n"
-             "    float32 scores, shape (N,) for q of shape (D,), (Q, N)\n"
-             "    for q of shape (Q, D).\n\n"
-             SIMS_DOC_TAIL
-             "Examples\n--------\n"
-             ">>> scores = await offloop.cosine_similarities(q, m)\n");
-
-PyDoc_STRVAR(cosine_similarities_blocking_doc,
-             "cosine_similarities_blocking($module, q, m)\n--\n\n"
-             SIMS_DOC_HEAD "Returns\n-------\nnumpy.ndarray\n"
-             "    float32, shape (N,) or (Q, N).\n\n" SIMS_DOC_TAIL);
-
-#define TOPK_DOC_HEAD                                                       \
-    "The k rows of m most cosine-similar to each query, best first.\n\n"    \
-    "The best k are kept during the scan; all N scores are never\n"         \
-    "stored.  Equal scores: the lower index first.  NaN scores rank\n"      \
-    "after every number (lower index first among them), so a NaN query\n"   \
-    "gives rows 0..k-1 with NaN scores.  With normalized=True the rows\n"   \
-    "are trusted to be unit length; a row holding inf may then score\n"    \
-    "+-inf.\n\n" INPUTS_DOC NAN_DOC                                         \
-    "Parameters\n----------\n"                                              \
-    "q : array_like, float32, shape (D,) or (Q, D)\n"                       \
-    "m : array_like, float32, shape (N, D)\n"                               \
-    "k : int, default 10\n    From 1 to N.\n"                               \
-    "normalized : bool, default False\n"                                    \
-    "    m's rows are already unit length: skip their norms (faster).\n\n"
-#define TOPK_DOC_TAIL                                                       \
-    RAISES_HEAD                                                             \
-    "TypeError\n    An argument is not float32/float64 data; k is not\n"   \
-    "    an int.\n"                                                         \
-    "ValueError\n    An argument is empty, of the wrong ndim or not\n"      \
-    "    C-contiguous; D differs; k is not in [1, N].\n\n"
-
-PyDoc_STRVAR(top_k_doc,
-             "top_k($module, q, m, k=10, *, normalized=False)\n--\n\n"
-             TOPK_DOC_HEAD
-             "Returns\n-------\n"
-             "asyncio.Future[tuple[numpy.ndarray, numpy.ndarray]]\n"
-             "    (scores, indices): float32 and int64, shape (k,) for q\n"
-             "    of shape (D,), (Q, k) for q of shape (Q, D).\n\n"
-             TOPK_DOC_TAIL
-             "Examples\n--------\n"
-             ">>> scores, idx = await offloop.top_k(q, m, k=10)\n");
-
-PyDoc_STRVAR(top_k_blocking_doc,
-             "top_k_blocking($module, q, m, k=10, *, normalized=False)\n"
-             "--\n\n" TOPK_DOC_HEAD
-             "Returns\n-------\ntuple[numpy.ndarray, numpy.ndarray]\n"
-             "    (scores, indices), as for the awaitable call.\n\n"
-             TOPK_DOC_TAIL);
+#include "vectors_doc.h"
 
 #define FASTCALL(fn) ((PyCFunction)(void (*)(void))(fn))
 #define FASTKW (METH_FASTCALL | METH_KEYWORDS)
