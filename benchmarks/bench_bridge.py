@@ -36,6 +36,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -586,7 +587,35 @@ async def case_responsiveness(ctx):
         )
         return await loaded_probe(feeder, per_block)
 
-    phases = [("idle", idle), ("offloop_spin", offloop_spin)]
+    async def bare_wakeups():
+        # The loaded phase's completion rate, with no CPU work at all: a
+        # thread writes a pipe the loop reads, as a worker's eventfd does.
+        rate = threads / SPIN_JOB_S
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        loop.add_reader(r, os.read, r, 4096)
+        stop = threading.Event()
+
+        def waker():
+            period, due = 1.0 / rate, time.perf_counter()
+            while not stop.is_set():
+                due += period
+                time.sleep(max(0.0, due - time.perf_counter()))
+                os.write(w, b"x")
+
+        t = threading.Thread(target=waker)
+        t.start()
+        try:
+            return await probe(per_block), None, None, None
+        finally:
+            stop.set()
+            t.join()
+            loop.remove_reader(r)
+            os.close(r)
+            os.close(w)
+
+    phases = [("idle", idle), ("offloop_spin", offloop_spin),
+              ("bare_wakeups", bare_wakeups)]
     if ctx["executor_load"]:
         # As many threads as offloop has workers; sha256 releases the GIL.
         ex = concurrent.futures.ThreadPoolExecutor(threads)
@@ -659,6 +688,11 @@ async def case_responsiveness(ctx):
         f" p50 {l50:.3f} p99 {l99:.3f} max {lmax:.1f} ms"
         f" ({extra:+.3f} ms, goal <=+{GOAL_P99_EXTRA_MS} ms {verdict(ok)};"
         f" slowest submit {submit['offloop_spin'] * 1e6:.0f} us)"
+    )
+    w50, w99, wmax = res["bare_wakeups"]
+    line += (
+        f" | bare wakeups, {threads / SPIN_JOB_S:.0f}/s and no CPU work:"
+        f" p50 {w50:.3f} p99 {w99:.3f} max {wmax:.1f} ms ({w99 - i99:+.3f})"
     )
     if "executor_sha256" in res:
         e50, e99, emax = res["executor_sha256"]
