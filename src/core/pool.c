@@ -35,7 +35,8 @@
  * Priority.  Workers run under SCHED_IDLE (Linux), so that an event loop
  * thread, or any other thread of normal priority, preempts them at once:
  * with nice +5 workers, GET /health under a saturated pool measured a p99
- * of 5-6 ms; under SCHED_IDLE, 1-2.6 ms (benchmarks/README.md).  The
+ * of 5-6 ms; under SCHED_IDLE, 1.0-1.7 ms in a minimal app and 2.6-4.4 ms
+ * in bench_fastapi (benchmarks/README.md).  The
  * price: work of normal priority that saturates every core starves them.
  * OFFLOOP_WORKER_PRIORITY=N (an integer) keeps the normal policy at nice
  * +N instead; 0 leaves the workers at the process's priority.
@@ -64,7 +65,7 @@
 #define OL_SPIN_MIN_NS OL__SPIN_MIN_NS
 /* A worker woken this soon after it fell asleep resets the spin budget. */
 #define OL_SPIN_RETRY_NS (2 * OL_SPIN_MAX_NS)
-#define OL_WORKER_IDLE (-1) /* worker_nice: SCHED_IDLE, not a nice value */
+#define OL_WORKER_IDLE (-1) /* worker_priority: SCHED_IDLE */
 
 static struct {
     pthread_mutex_t lock;
@@ -103,7 +104,8 @@ static struct {
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static _Thread_local int tls_in_worker;
-static int worker_nice = OL_WORKER_IDLE;
+/* OL_WORKER_IDLE, or the nice increment under the normal policy. */
+static int worker_priority = OL_WORKER_IDLE;
 atomic_int ol__stopping;
 
 void
@@ -212,10 +214,11 @@ init(void)
 {
     const char *priority = getenv("OFFLOOP_WORKER_PRIORITY");
 
-    if (priority != NULL && *priority != '\0' && strcmp(priority, "idle") != 0) {
-        worker_nice = atoi(priority);
-        if (worker_nice < 0) {
-            worker_nice = 0; /* raising it needs privileges: refuse */
+    if (priority != NULL && *priority != '\0' &&
+        strcmp(priority, "idle") != 0) {
+        worker_priority = atoi(priority);
+        if (worker_priority < 0) {
+            worker_priority = 0; /* raising it needs privileges: refuse */
         }
     }
     init_cond(&pool.work_cond);
@@ -271,14 +274,14 @@ static void
 lower_priority(void)
 {
 #ifdef __linux__
-    if (worker_nice == OL_WORKER_IDLE) {
+    if (worker_priority == OL_WORKER_IDLE) {
         struct sched_param param = {.sched_priority = 0};
         (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
     }
     /* On Linux, setpriority() on a thread id sets that thread's nice. */
-    else if (worker_nice > 0) {
+    else if (worker_priority > 0) {
         (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
-                          getpriority(PRIO_PROCESS, 0) + worker_nice);
+                          getpriority(PRIO_PROCESS, 0) + worker_priority);
     }
 #endif
 }
