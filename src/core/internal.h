@@ -29,9 +29,6 @@ int ol__ports_waiting_for_space(void);
 /* Wake the first waiting port (or all), outside the pool lock. */
 void ol__ports_notify_space(int all);
 
-/* *ts = now + timeout_ms on CLOCK_MONOTONIC (the clock of every condition
- * variable the core waits on). */
-struct timespec;
 /* For the tests: the spin budget of a worker after its job, and the
  * number of workers asleep waiting for work. */
 long ol__pool_spin_budget_ns(void);
@@ -39,6 +36,9 @@ unsigned ol__pool_idle_workers(void);
 #define OL__SPIN_MIN_NS 2000L
 #define OL__SPIN_MAX_NS 50000L
 
+/* *ts = now + timeout_ms on CLOCK_MONOTONIC (the clock of every condition
+ * variable the core waits on). */
+struct timespec;
 void ol__deadline_after(struct timespec *ts, long timeout_ms);
 
 /* Abort with a message: a broken invariant (a pthread call that cannot
