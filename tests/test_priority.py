@@ -73,6 +73,9 @@ def test_a_negative_number_does_not_raise_the_priority():
     assert workers == [[os.SCHED_OTHER, process_nice]] * 2
 
 
+@pytest.mark.skipif(
+    os.environ.get("OFFLOOP_WORKER_PRIORITY", "idle") not in ("", "idle"),
+    reason="this process's workers run at OFFLOOP_WORKER_PRIORITY")
 async def test_the_loop_thread_keeps_its_priority():
     """Submitting never changes the submitting thread's own policy."""
     before = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
