@@ -2,7 +2,8 @@
 
 By default a worker runs under SCHED_IDLE, so that the event loop (or any
 thread of normal priority) preempts it at once.  OFFLOOP_WORKER_PRIORITY=N
-keeps the normal policy at nice +N instead.  The environment is read when
+keeps the normal policy at nice +N instead; any other value warns at
+import and keeps SCHED_IDLE.  The environment is read when
 the pool starts, so the variants run in fresh interpreters.
 """
 
@@ -39,7 +40,7 @@ print(json.dumps([[os.sched_getscheduler(t), os.getpriority(os.PRIO_PROCESS, t)]
 """
 
 
-def worker_policies(priority):
+def worker_policies(priority, expect_warning=False):
     env = dict(os.environ)
     env.pop("OFFLOOP_WORKER_PRIORITY", None)
     if priority is not None:
@@ -47,6 +48,11 @@ def worker_policies(priority):
     out = subprocess.run([sys.executable, "-c", REPORT_WORKERS], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    if expect_warning:
+        assert "RuntimeWarning: OFFLOOP_WORKER_PRIORITY=" in out.stderr
+        assert repr(priority) in out.stderr
+    else:
+        assert out.stderr == ""
     *workers, process_nice = json.loads(out.stdout)
     assert len(workers) == 2
     return workers, process_nice
@@ -71,6 +77,17 @@ def test_a_number_keeps_the_normal_policy_at_that_nice(nice):
 def test_a_negative_number_does_not_raise_the_priority():
     workers, process_nice = worker_policies("-5")
     assert workers == [[os.SCHED_OTHER, process_nice]] * 2
+
+
+def test_a_number_past_19_means_19():
+    workers, process_nice = worker_policies("+40")
+    assert workers == [[os.SCHED_OTHER, min(19, process_nice + 19)]] * 2
+
+
+@pytest.mark.parametrize("value", ["low", " 5", "5 ", "1_0", "3.5"])
+def test_anything_else_warns_and_keeps_sched_idle(value):
+    workers, _ = worker_policies(value, expect_warning=True)
+    assert [policy for policy, _ in workers] == [os.SCHED_IDLE] * 2
 
 
 @pytest.mark.skipif(

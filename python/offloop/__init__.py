@@ -16,6 +16,8 @@ Example
 """
 
 import atexit as _atexit
+import os as _os
+import re as _re
 
 from . import _core
 from ._build import get_cmake_dir, get_include
@@ -35,6 +37,20 @@ __all__ = ["Future", "batch_normalize", "blocking", "configure",
 
 #: Seconds interpreter exit waits for running jobs to stop.
 SHUTDOWN_TIMEOUT = 2.0
+
+
+def _check_worker_priority(value):
+    """Warn about an OFFLOOP_WORKER_PRIORITY the pool will not use."""
+    if value in (None, "", "idle") or _re.fullmatch(r"[+-]?[0-9]+", value):
+        return
+    import warnings
+
+    warnings.warn(f"OFFLOOP_WORKER_PRIORITY={value!r} is neither 'idle' nor "
+                  "a whole number (a nice increment, 0 to 19): workers run "
+                  "under SCHED_IDLE", RuntimeWarning, stacklevel=2)
+
+
+_check_worker_priority(_os.environ.get("OFFLOOP_WORKER_PRIORITY"))
 
 
 def run(fn, /, *args, **kwargs):

@@ -38,8 +38,9 @@
  * of 5-6 ms; under SCHED_IDLE, 1.0-1.7 ms in a minimal app and 2.6-4.4 ms
  * in bench_fastapi (benchmarks/README.md).  The
  * price: work of normal priority that saturates every core starves them.
- * OFFLOOP_WORKER_PRIORITY=N (an integer) keeps the normal policy at nice
- * +N instead; 0 leaves the workers at the process's priority.
+ * OFFLOOP_WORKER_PRIORITY=N (a whole number, 0 to 19) keeps the normal
+ * policy at nice +N instead; 0 leaves the workers at the process's
+ * priority.
  *
  * Fork.  pthread_atfork() holds the lock across fork(); the child empties
  * the queue (those jobs are the parent's), forgets the workers (only the
@@ -213,12 +214,16 @@ static void
 init(void)
 {
     const char *priority = getenv("OFFLOOP_WORKER_PRIORITY");
+    char *end;
+    long nice;
 
-    if (priority != NULL && *priority != '\0' &&
-        strcmp(priority, "idle") != 0) {
-        worker_priority = atoi(priority);
-        if (worker_priority < 0) {
-            worker_priority = 0; /* raising it needs privileges: refuse */
+    /* Anything but a whole number keeps SCHED_IDLE (the shim warns). */
+    if (priority != NULL && *priority != '\0') {
+        const char *digits = priority + (*priority == '+' || *priority == '-');
+        nice = strtol(priority, &end, 10);
+        if (*digits >= '0' && *digits <= '9' && *end == '\0') {
+            /* Raising the priority needs privileges: negative means 0. */
+            worker_priority = nice < 0 ? 0 : nice > 19 ? 19 : (int)nice;
         }
     }
     init_cond(&pool.work_cond);
