@@ -402,3 +402,29 @@ def test_fork_before_any_job_gives_both_sides_a_working_pool(kind):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_a_child_forked_inside_a_running_loop_has_no_running_loop(kind):
+    """As for asyncio, the parent's running loop is not the child's.
+
+    offloop remembers the running loop between submits; a fork must make
+    it forget, or the child would queue jobs on the parent's loop."""
+    def in_child():
+        try:
+            _testing.noop()
+        except RuntimeError as exc:
+            return str(exc)
+        return "submitted to the parent's loop"
+
+    async def fork_inside():
+        for _ in range(2):  # the first makes the port, which forgets
+            await _testing.noop()
+        # The running loop is remembered now.
+        with fork(in_child) as child:
+            return child.wait()
+
+    with ParentLoop(kind) as loop:
+        code, report = loop.run_until_complete(fork_inside())
+    assert code == 0, report
+    assert "no running event loop" in report
