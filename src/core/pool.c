@@ -148,6 +148,13 @@ queue_unlink(ol_job_t *job)
     atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_relaxed);
 }
 
+/* The bound is set and reached. */
+static int
+queue_full(void)
+{
+    return pool.max_queue != 0 && pool.queued >= pool.max_queue;
+}
+
 static ol_job_t *
 queue_pop(void)
 {
@@ -630,7 +637,7 @@ ol_pool_submit(ol_job_t *job, int defer_wake)
         rc = OL_ESHUTDOWN;
         goto done;
     }
-    if (pool.max_queue != 0 && pool.queued >= pool.max_queue) {
+    if (queue_full()) {
         rc = OL_EAGAIN;
         goto done;
     }
@@ -725,8 +732,7 @@ ol_pool_has_space(void)
 
     OL__CHECK(pthread_once(&init_once, init));
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    room = pool.stopping || pool.max_queue == 0 ||
-           pool.queued < pool.max_queue;
+    room = pool.stopping || !queue_full();
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     return room;
 }
@@ -741,8 +747,7 @@ ol_pool_wait_space(long timeout_ms)
     ol__deadline_after(&deadline, timeout_ms);
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     atomic_fetch_add(&pool.space_waiters, 1);
-    while (rc == 0 && !pool.stopping && pool.max_queue != 0 &&
-           pool.queued >= pool.max_queue) {
+    while (rc == 0 && !pool.stopping && queue_full()) {
         rc = pthread_cond_timedwait(&pool.space_cond, &pool.lock, &deadline);
     }
     atomic_fetch_sub(&pool.space_waiters, 1);
