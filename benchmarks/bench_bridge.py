@@ -133,6 +133,15 @@ def git_commit():
     return "unknown"
 
 
+def write_csv(path, fields, rows):
+    """Write dict rows to a CSV file, creating its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
 class Recorder:
     """Collects one CSV row per measured round."""
 
@@ -180,11 +189,7 @@ class Recorder:
         self.rows.append(row)
 
     def write(self, path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS, restval="")
-            w.writeheader()
-            w.writerows(self.rows)
+        write_csv(path, self.FIELDS, self.rows)
 
 
 def loop_factories(spec, error):

@@ -31,7 +31,6 @@ Usage::
 
 import argparse
 import concurrent.futures
-import csv
 import datetime
 import gc
 import os
@@ -52,6 +51,7 @@ from bench_bridge import (  # noqa: E402  (the bridge's probe and helpers)
     probe,
     rotated,
     verdict,
+    write_csv,
 )
 
 # Goals, from the issue.  Ratios are "times faster than numpy".
@@ -95,11 +95,7 @@ class Recorder:
         self.rows.append(row)
 
     def write(self, path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS, restval="")
-            w.writeheader()
-            w.writerows(self.rows)
+        write_csv(path, self.FIELDS, self.rows)
 
 
 def blas_line():
