@@ -16,21 +16,12 @@ import threading
 import offloop
 import pytest
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    uvloop = None
+from loop_kinds import LOOPS
 
 try:
     import numpy
 except ImportError:  # pragma: no cover - numpy comes with the kernels
     numpy = None
-
-LOOPS = [
-    pytest.param("asyncio", id="asyncio"),
-    pytest.param("uvloop", id="uvloop", marks=pytest.mark.skipif(
-        uvloop is None, reason="uvloop is not installed")),
-]
 
 HANG_DEADLINE = 60  # seconds before a subprocess is killed as hung
 

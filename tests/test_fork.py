@@ -23,23 +23,13 @@ import offloop
 from offloop import _testing
 
 from forking import CHILD_DEADLINE, fork
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    uvloop = None
+from loop_kinds import LOOPS, uvloop
 
 pytestmark = [
     # Python 3.12+ warns about fork() in a process with threads; forking a
     # process whose pool is running is exactly what is tested here.
     pytest.mark.filterwarnings(
         "ignore:.*fork.*:DeprecationWarning"),
-]
-
-LOOPS = [
-    pytest.param("asyncio", id="asyncio"),
-    pytest.param("uvloop", id="uvloop", marks=pytest.mark.skipif(
-        uvloop is None, reason="uvloop is not installed")),
 ]
 
 

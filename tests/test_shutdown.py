@@ -16,16 +16,7 @@ import time
 
 import pytest
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is in the test extra
-    uvloop = None
-
-LOOPS = [
-    pytest.param("asyncio", id="asyncio"),
-    pytest.param("uvloop", id="uvloop", marks=pytest.mark.skipif(
-        uvloop is None, reason="uvloop is not installed")),
-]
+from loop_kinds import LOOPS
 
 EXIT_LIMIT = 5.0  # seconds, start to exit of the whole subprocess
 HANG_DEADLINE = 30  # seconds before a subprocess is killed as hung
