@@ -112,6 +112,23 @@ class Query(BaseModel):
         return self
 
 
+class Hit(BaseModel):
+    index: int
+    score: float
+
+
+class SearchResults(BaseModel):
+    """Best first.  A response model makes FastAPI serialize with
+    pydantic's compiled serializer instead of walking plain dicts."""
+
+    results: list[Hit]
+
+    @classmethod
+    def of(cls, scores, indices):
+        return cls(results=[Hit(index=i, score=s) for i, s in
+                            zip(indices.tolist(), scores.tolist())])
+
+
 def create_app(rows=None, dim=DIM, seed=SEED):
     """The application; the search matrix is built by its lifespan.
 
@@ -167,7 +184,7 @@ def create_app(rows=None, dim=DIM, seed=SEED):
         return {"vectors": out.tolist()}
 
     @app.post("/search")
-    async def search(body: Query, request: Request):
+    async def search(body: Query, request: Request) -> SearchResults:
         matrix = request.app.state.matrix
         if body.like is not None and body.like >= len(matrix):
             raise HTTPException(422, f"like must be below {len(matrix)}")
@@ -175,8 +192,7 @@ def create_app(rows=None, dim=DIM, seed=SEED):
         k = min(body.k, len(matrix))
         scores, idx = await native(offloop.top_k, query, matrix, k=k,
                                    normalized=True)
-        return {"results": [{"index": int(i), "score": float(s)}
-                            for i, s in zip(idx, scores)]}
+        return SearchResults.of(scores, idx)
 
     @app.get("/health")
     async def health():
