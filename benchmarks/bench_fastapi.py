@@ -85,7 +85,7 @@ def numpy_top_k(q, m, k):
     return scores[idx], idx
 
 
-def serve(port, rows, threads):
+def serve(port, rows, threads, loop, http):
     """Run the example app plus the comparison routes (subprocess)."""
     sys.path.insert(0, str(ROOT / "examples"))
     import uvicorn
@@ -104,29 +104,30 @@ def serve(port, rows, threads):
         m = request.app.state.matrix
         return (m[body.like] if body.like is not None else body.query), m
 
-    def results(scores, idx):
-        return {"results": [{"index": int(i), "score": float(s)}
-                            for i, s in zip(idx, scores)]}
+    results = fastapi_app.SearchResults.of  # the app's own response model
 
     @app.post("/search-sync")
-    async def search_sync(body: fastapi_app.Query, request: Request):
+    async def search_sync(body: fastapi_app.Query,
+                          request: Request) -> fastapi_app.SearchResults:
         q, m = query_of(body, request)
         return results(*numpy_top_k(q, m, body.k))
 
     @app.post("/search-threadpool")
-    async def search_threadpool(body: fastapi_app.Query, request: Request):
+    async def search_threadpool(body: fastapi_app.Query,
+                                request: Request) -> fastapi_app.SearchResults:
         q, m = query_of(body, request)
         return results(*await run_in_threadpool(numpy_top_k, q, m, body.k))
 
     @app.post("/search-threadpool-offloop")
-    async def search_threadpool_offloop(body: fastapi_app.Query,
-                                        request: Request):
+    async def search_threadpool_offloop(
+            body: fastapi_app.Query,
+            request: Request) -> fastapi_app.SearchResults:
         q, m = query_of(body, request)
         return results(*await run_in_threadpool(
             offloop.blocking.top_k, q, m, k=body.k, normalized=True))
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning",
-                loop="asyncio", access_log=False)
+                loop=loop, http=http, access_log=False)
 
 
 # ---- bodies -----------------------------------------------------------
@@ -371,30 +372,43 @@ def commit():
 
 
 def chart(rows, path, title):
+    """One row of three bar charts per event loop."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["variant"].replace("+", "+\n") for r in rows]
+    loops = list(dict.fromkeys(r["loop"] for r in rows))
     colors = ["#c0504d", "#9bbb59", "#4f81bd", "#b3b3b3"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    for ax, key, label in zip(
-            axes, ["rps", "p99_ms", "health_p99_ms"],
-            ["POST /search requests/s (higher is better)",
-             "POST /search p99 latency, ms (lower)",
-             "GET /health p99 under load, ms (lower)"]):
-        values = [r[key] for r in rows]
-        bars = ax.bar(names, values, color=colors[:len(rows)])
-        ax.set_title(label, fontsize=10)
-        ax.bar_label(bars, fmt="%.1f", fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
+    fig, axes = plt.subplots(len(loops), 3, figsize=(12, 4 * len(loops)),
+                             squeeze=False)
+    for loop, row_axes in zip(loops, axes):
+        mine = [r for r in rows if r["loop"] == loop]
+        names = [r["variant"].replace("+", "+\n") for r in mine]
+        for ax, key, label in zip(
+                row_axes, ["rps", "p99_ms", "health_p99_ms"],
+                ["POST /search requests/s (higher is better)",
+                 "POST /search p99 latency, ms (lower)",
+                 "GET /health p99 under load, ms (lower)"]):
+            bars = ax.bar(names, [r[key] for r in mine],
+                          color=colors[:len(mine)])
+            ax.set_title(f"{loop}: {label}", fontsize=10)
+            ax.bar_label(bars, fmt="%.1f", fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.spines[["top", "right"]].set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def default_http():
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"
 
 
 def verdict(ok):
@@ -424,6 +438,14 @@ def main():
                         help="offloop.configure(threads=N) in the server "
                              "(default 0: one per CPU); 1 leaves a core "
                              "to the loop on 2 CPUs")
+    parser.add_argument("--loops", default="asyncio,uvloop",
+                        help="comma-separated event loops of the server, "
+                             "each its own run (default asyncio,uvloop)")
+    parser.add_argument("--http", choices=["h11", "httptools"],
+                        default=default_http(),
+                        help="the server's HTTP parser (default: "
+                             "httptools when installed, as uvicorn picks)")
+    parser.add_argument("--loop", help=argparse.SUPPRESS)  # with --serve
     parser.add_argument("--chart", default=str(ROOT / "docs" /
                                                "bench_fastapi.png"))
     parser.add_argument("--no-chart", action="store_true")
@@ -431,9 +453,14 @@ def main():
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        return serve(args.serve, args.rows, args.threads)
+        return serve(args.serve, args.rows, args.threads, args.loop,
+                     args.http)
     if args.quick:
         args.duration, args.warmup = 4, 1
+    for loop in args.loops.split(","):
+        if loop not in ("asyncio", "uvloop"):
+            parser.error(f"--loops: unknown event loop {loop!r} "
+                         "(asyncio, uvloop)")
 
     wrk = None if args.client == "python" else ensure_wrk()
     if args.client == "wrk" and not wrk:
@@ -451,89 +478,39 @@ def main():
         client = "Python asyncio client" + (
             "" if args.client == "python" else " (wrk not found)")
 
-    port = free_port()
     env = dict(os.environ)
     if args.blas_threads:
         env["OPENBLAS_NUM_THREADS"] = str(args.blas_threads)
     else:
         env.pop("OPENBLAS_NUM_THREADS", None)
     blas = env.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()})")
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
-                             "--rows", str(args.rows),
-                             "--threads", str(args.threads)], env=env)
+    load1, load5, _ = os.getloadavg()
+    print(f"# bench_fastapi: {platform.machine()}, {os.cpu_count()} CPUs,"
+          f" Python {platform.python_version()}, commit {commit()}, "
+          f"load average {load1:.2f} / {load5:.2f} (1 / 5 min)")
+    body_desc = ("384 floats in JSON (~3.6 kB)" if args.body == "query" else
+                 '{"like": i}: row i of the matrix as the query')
+    print(f"# {args.rows:,} x {DIM} float32 unit rows, top-{K}; "
+          f"{args.concurrency} connections, {args.duration} s per "
+          f"variant after {args.warmup} s warm-up; load: {client}; "
+          f"body: {body_desc}, {N_BODIES} rotated; GET /health every "
+          f"{HEALTH_PERIOD * 1e3:g} ms from this process; "
+          f"server: uvicorn, HTTP parser {args.http}, OpenBLAS threads "
+          f"{blas}, offloop threads "
+          f"{args.threads or f'{os.cpu_count()} (default)'}, worker priority "
+          f"{env.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}")
+    print("# steal: the share of CPU time the host took from this VM "
+          "during the run (/proc/stat); tails grow with it")
     rows = []
     try:
-        wait_ready(port, proc)
-        load1, load5, _ = os.getloadavg()
-        print(f"# bench_fastapi: {platform.machine()}, {os.cpu_count()} CPUs,"
-              f" Python {platform.python_version()}, commit {commit()}, "
-              f"load average {load1:.2f} / {load5:.2f} (1 / 5 min)")
-        body_desc = ("384 floats in JSON (~3.6 kB; parsing is ~0.1 ms of a "
-                     "5-10 ms search)" if args.body == "query" else
-                     '{"like": i}: row i of the matrix as the query')
-        print(f"# {args.rows:,} x {DIM} float32 unit rows, top-{K}; "
-              f"{args.concurrency} connections, {args.duration} s per "
-              f"variant after {args.warmup} s warm-up; load: {client}; "
-              f"body: {body_desc}, {N_BODIES} rotated; GET /health every "
-              f"{HEALTH_PERIOD * 1e3:g} ms from this process; "
-              f"server: OpenBLAS threads {blas}, offloop threads "
-              f"{args.threads or f'{os.cpu_count()} (default)'}, worker priority "
-              f"{env.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}")
-        # The numpy and offloop endpoints agree on the best row.
-        tops = {name: post(port, path, bodies[0])[0]
-                for name, path in VARIANTS}
-        if len(set(tops.values())) != 1:
-            print(f"WARNING: top-1 differs between variants: {tops}")
-        idle = asyncio.run(probe_idle(port, 2.0))
-        print(f"# GET /health with no load: p50 {pct(idle, 50) * 1e3:.2f} ms,"
-              f" p99 {pct(idle, 99) * 1e3:.2f} ms ({len(idle)} probes)")
-        print(f"{'variant':<27}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'health p99 ms':>15}{'errors':>8}")
-        for name, path in VARIANTS:
-            if wrk:
-                asyncio.run(load_wrk(wrk, lua, port, path, args.concurrency,
-                                     args.warmup, probe=False))
-                row, health = asyncio.run(load_wrk(
-                    wrk, lua, port, path, args.concurrency, args.duration))
-            else:
-                asyncio.run(load_python(port, path, bodies, args.concurrency,
-                                        args.warmup))
-                row, health = asyncio.run(load_python(
-                    port, path, bodies, args.concurrency, args.duration))
-            row = {"variant": name, **row,
-                   "health_p50_ms": pct(health, 50) * 1e3,
-                   "health_p99_ms": pct(health, 99) * 1e3,
-                   "health_n": len(health)}
-            rows.append(row)
-            print(f"{name:<27}{row['rps']:8.1f}{row['p50_ms']:9.2f}"
-                  f"{row['p99_ms']:9.2f}{row['health_p99_ms']:15.2f}"
-                  f"{row['errors']:8d}", flush=True)
+        for loop in args.loops.split(","):
+            rows += bench_server(args, env, loop, wrk, lua, bodies)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         if lua:
             os.unlink(lua)
-
-    by = {r["variant"]: r for r in rows}
-    sync, tp, ol = by["sync"], by["threadpool"], by["offloop"]
-    tpo = by["threadpool+offloop-kernel"]
-    ratio = ol["rps"] / tp["rps"]
-    stall = sync["health_p99_ms"] / ol["health_p99_ms"]
-    print(f"kernel alone (threadpool+offloop-kernel / threadpool): "
-          f"{tpo['rps'] / tp['rps']:.2f}x req/s; bridge alone (offloop / "
-          f"threadpool+offloop-kernel): {ol['rps'] / tpo['rps']:.2f}x req/s")
-    print(f"goal: offloop req/s >= {GOAL_RPS:g}x threadpool (numpy): "
-          f"{ratio:.2f}x  {verdict(ratio >= GOAL_RPS)}")
-    print(f"goal: offloop /health p99 under load <= {GOAL_HEALTH_MS:g} ms: "
-          f"{ol['health_p99_ms']:.2f} ms  "
-          f"{verdict(ol['health_p99_ms'] <= GOAL_HEALTH_MS)}")
-    print(f"goal: sync shows the stall, /health p99 >= {GOAL_STALL:g}x "
-          f"offloop's: {sync['health_p99_ms']:.1f} ms = {stall:.0f}x  "
-          f"{verdict(stall >= GOAL_STALL)}")
+    by = {(r["loop"], r["variant"]): r for r in rows}
+    for loop in args.loops.split(","):
+        report_goals(loop, {v: by[loop, v] for v, _ in VARIANTS})
 
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -549,6 +526,95 @@ def main():
               f", {os.cpu_count()} CPUs, commit {commit()}")
         print(f"chart: {args.chart}")
 
+
+def steal_ticks():
+    """(steal, total) jiffies of all CPUs so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal (guest is in user)
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def bench_server(args, env, loop, wrk, lua, bodies):
+    """Start the server on ``loop``, load every variant; the rows."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
+                             "--rows", str(args.rows),
+                             "--threads", str(args.threads),
+                             "--loop", loop, "--http", args.http], env=env)
+    rows = []
+    try:
+        wait_ready(port, proc)
+        # The numpy and offloop endpoints agree on the best row.
+        tops = {name: post(port, path, bodies[0])[0]
+                for name, path in VARIANTS}
+        if len(set(tops.values())) != 1:
+            print(f"WARNING: top-1 differs between variants: {tops}")
+        s0 = steal_ticks()
+        idle = asyncio.run(probe_idle(port, 2.0))
+        s1 = steal_ticks()
+        print(f"[{loop}] GET /health with no load: p50 "
+              f"{pct(idle, 50) * 1e3:.2f} ms, p99 {pct(idle, 99) * 1e3:.2f} ms"
+              f" ({len(idle)} probes), steal {steal_pct(s0, s1):.0f}%")
+        print(f"[{loop}] {'variant':<27}{'req/s':>8}{'p50 ms':>9}"
+              f"{'p99 ms':>9}{'health p99 ms':>15}{'steal %':>9}"
+              f"{'errors':>8}")
+        for name, path in VARIANTS:
+            if wrk:
+                asyncio.run(load_wrk(wrk, lua, port, path, args.concurrency,
+                                     args.warmup, probe=False))
+                s0 = steal_ticks()
+                row, health = asyncio.run(load_wrk(
+                    wrk, lua, port, path, args.concurrency, args.duration))
+            else:
+                asyncio.run(load_python(port, path, bodies, args.concurrency,
+                                        args.warmup))
+                s0 = steal_ticks()
+                row, health = asyncio.run(load_python(
+                    port, path, bodies, args.concurrency, args.duration))
+            row = {"loop": loop, "variant": name, **row,
+                   "health_p50_ms": pct(health, 50) * 1e3,
+                   "health_p99_ms": pct(health, 99) * 1e3,
+                   "health_n": len(health),
+                   "steal_pct": steal_pct(s0, steal_ticks())}
+            rows.append(row)
+            print(f"[{loop}] {name:<27}{row['rps']:8.1f}{row['p50_ms']:9.2f}"
+                  f"{row['p99_ms']:9.2f}{row['health_p99_ms']:15.2f}"
+                  f"{row['steal_pct']:9.0f}{row['errors']:8d}", flush=True)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return rows
+
+
+def steal_pct(before, after):
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+def report_goals(loop, by):
+    sync, tp, ol = by["sync"], by["threadpool"], by["offloop"]
+    tpo = by["threadpool+offloop-kernel"]
+    ratio = ol["rps"] / tp["rps"]
+    stall = sync["health_p99_ms"] / ol["health_p99_ms"]
+    print(f"[{loop}] kernel alone (threadpool+offloop-kernel / threadpool): "
+          f"{tpo['rps'] / tp['rps']:.2f}x req/s; bridge alone (offloop / "
+          f"threadpool+offloop-kernel): {ol['rps'] / tpo['rps']:.2f}x req/s")
+    print(f"[{loop}] goal: offloop req/s >= {GOAL_RPS:g}x threadpool (numpy):"
+          f" {ratio:.2f}x  {verdict(ratio >= GOAL_RPS)}")
+    print(f"[{loop}] goal: offloop /health p99 under load <= "
+          f"{GOAL_HEALTH_MS:g} ms: {ol['health_p99_ms']:.2f} ms  "
+          f"{verdict(ol['health_p99_ms'] <= GOAL_HEALTH_MS)}")
+    print(f"[{loop}] goal: sync shows the stall, /health p99 >= "
+          f"{GOAL_STALL:g}x offloop's: {sync['health_p99_ms']:.1f} ms = "
+          f"{stall:.0f}x  {verdict(stall >= GOAL_STALL)}")
 
 if __name__ == "__main__":
     main()
