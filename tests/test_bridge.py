@@ -31,6 +31,35 @@ async def test_future_is_an_asyncio_future_of_the_running_loop(loop):
     await fut
 
 
+async def test_future_methods_behave_as_asyncio_futures(loop):
+    ok, failing = _testing.noop(), _testing.fail("boom")
+    seen = []
+    ok.add_done_callback(seen.append, context=None)
+    failing.add_done_callback(seen.append)
+    failing.add_done_callback(print)
+    assert failing.remove_done_callback(print) == 1
+    assert not ok.done() and not ok.cancelled()
+    with pytest.raises(asyncio.InvalidStateError):
+        ok.result()
+    await asyncio.gather(ok, failing, return_exceptions=True)
+    await asyncio.sleep(0)  # done callbacks run at the next turn
+    assert ok.done() and ok.result() is None and ok.exception() is None
+    assert isinstance(failing.exception(), RuntimeError)
+    with pytest.raises(RuntimeError, match="boom"):
+        failing.result()
+    assert failing.get_loop() is loop
+    assert sorted(map(id, seen)) == sorted([id(ok), id(failing)])
+
+
+def test_future_type_owns_the_methods_asyncio_calls_per_future():
+    # The interpreter specialises fut.done() & co. only for a descriptor of
+    # the object's exact type; inherited ones take the generic path.
+    own = vars(offloop.Future)
+    for name in ("done", "cancelled", "result", "exception", "get_loop",
+                 "add_done_callback", "remove_done_callback", "cancel"):
+        assert own[name].__objclass__ is offloop.Future, name
+
+
 async def test_gather_of_many_jobs_returns_every_result_in_order(loop):
     ns = list(range(2000))
     results = await asyncio.gather(*(_testing.spin(n) for n in ns))

@@ -11,6 +11,13 @@
  * A future subclass keeps Task and gather working unchanged (they accept
  * any asyncio.Future), costs no extra call per job (a done callback would
  * cost one loop callback per job), and needs no Python-level object.
+ *
+ * The interpreter specialises a call like fut.done() only when the
+ * method's descriptor belongs to the object's exact type; on an inherited
+ * method every such call in gather() and Task takes the generic path, 1,400
+ * instructions per job in a gather of no-op jobs.  So the type gets its own
+ * descriptors for the methods asyncio calls per future, each a copy of the
+ * base's entry: the same C function, called with the same convention.
  */
 #include "binding.h"
 
@@ -115,11 +122,33 @@ Future_traverse(PyObject *self, visitproc visit, void *arg)
     return base_traverse(self, visit, arg);
 }
 
-static PyMethodDef Future_methods[] = {
-    {"cancel", (PyCFunction)(void (*)(void))Future_cancel,
-     METH_FASTCALL | METH_KEYWORDS, Future_cancel_doc},
-    {NULL, NULL, 0, NULL},
+/* What asyncio calls on every future it awaits or gathers. */
+static const char *const hot_methods[] = {
+    "done", "cancelled", "result", "exception", "get_loop",
+    "add_done_callback", "remove_done_callback",
 };
+#define N_HOT (sizeof(hot_methods) / sizeof(hot_methods[0]))
+
+/* Filled by ol_future_init_type(): cancel, then the copies. */
+static PyMethodDef Future_methods[1 + N_HOT + 1];
+
+static void
+fill_methods(PyTypeObject *base)
+{
+    size_t n = 0;
+
+    Future_methods[n++] = (PyMethodDef){
+        "cancel", (PyCFunction)(void (*)(void))Future_cancel,
+        METH_FASTCALL | METH_KEYWORDS, Future_cancel_doc};
+    for (size_t i = 0; i < N_HOT; i++) {
+        PyObject *d = PyDict_GetItemString(base->tp_dict, hot_methods[i]);
+        /* Anything but a plain C method stays inherited as it is. */
+        if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+            Future_methods[n++] = *((PyMethodDescrObject *)d)->d_method;
+        }
+    }
+    Future_methods[n] = (PyMethodDef){NULL, NULL, 0, NULL};
+}
 
 int
 ol_future_init_type(PyObject *module, ol_state *st)
@@ -149,6 +178,7 @@ ol_future_init_type(PyObject *module, ol_state *st)
     if (st->AsyncioFuture == NULL) {
         return -1;
     }
+    fill_methods(st->AsyncioFuture);
     job_offset = st->AsyncioFuture->tp_basicsize;
     base_dealloc = st->AsyncioFuture->tp_dealloc;
     base_traverse = st->AsyncioFuture->tp_traverse;
