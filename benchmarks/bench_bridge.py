@@ -133,6 +133,27 @@ def git_commit():
     return "unknown"
 
 
+def steal_ticks():
+    """(steal, total) jiffies of all CPUs so far, from /proc/stat.
+
+    Steal is the time the hypervisor ran something else while this VM had
+    work: on a shared VM it, not our code, can set a run's tails.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal (guest is in user)
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_pct(before, after):
+    """Percent of CPU time stolen between two steal_ticks() readings."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def write_csv(path, fields, rows):
     """Write dict rows to a CSV file, creating its folder."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -875,7 +896,7 @@ def main(argv=None):
 
     rec = Recorder(ts, commit)
     goals = []
-    t_start = time.perf_counter()
+    t_start, steal_start = time.perf_counter(), steal_ticks()
     for name, factory in factories.items():
         ctx = {
             "loop": name,
@@ -903,7 +924,8 @@ def main(argv=None):
     print(
         f"# goals: {passed}/{len(goals)} PASS"
         + (f"; MISS: {', '.join(missed)}" if missed else "")
-        + f" | {time.perf_counter() - t_start:.0f} s"
+        + f" | {time.perf_counter() - t_start:.0f} s, host steal "
+        + f"{steal_pct(steal_start, steal_ticks()):.0f}%"
         + f" | csv: {os.path.relpath(path)}"
     )
     return 0

@@ -52,6 +52,8 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_bridge import steal_pct, steal_ticks  # noqa: E402
 VARIANTS = [("sync", "/search-sync"),
             ("threadpool", "/search-threadpool"),
             ("offloop", "/search"),
@@ -527,17 +529,6 @@ def main():
         print(f"chart: {args.chart}")
 
 
-def steal_ticks():
-    """(steal, total) jiffies of all CPUs so far, from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    # user nice system idle iowait irq softirq steal (guest is in user)
-    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
-
-
 def bench_server(args, env, loop, wrk, lua, bodies):
     """Start the server on ``loop``, load every variant; the rows."""
     port = free_port()
@@ -592,11 +583,6 @@ def bench_server(args, env, loop, wrk, lua, bodies):
             proc.kill()
             proc.wait()
     return rows
-
-
-def steal_pct(before, after):
-    total = after[1] - before[1]
-    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def report_goals(loop, by):

@@ -50,6 +50,8 @@ from bench_bridge import (  # noqa: E402  (the bridge's probe and helpers)
     percentile,
     probe,
     rotated,
+    steal_pct,
+    steal_ticks,
     verdict,
     write_csv,
 )
@@ -605,7 +607,7 @@ def main(argv=None):
           f" | loops {','.join(factories)} | rounds={args.rounds}"
           f" (+{args.warmup} warm-up), best round reported", flush=True)
 
-    t_start = time.perf_counter()
+    t_start, steal_start = time.perf_counter(), steal_ticks()
     data = make_data(args)
     rec = Recorder(ts, commit, _core._isa())
     bw_rw, bw_r = bandwidth(data["m_raw"], threads, max(2, args.rounds),
@@ -633,7 +635,8 @@ def main(argv=None):
     passed = sum(ok for _, ok in goals)
     print(f"# goals: {passed}/{len(goals)} PASS"
           + "".join(f" | MISS {g}" for g, ok in goals if not ok))
-    print(f"# {time.perf_counter() - t_start:.0f} s; rounds in {path}")
+    print(f"# {time.perf_counter() - t_start:.0f} s, host steal "
+          f"{steal_pct(steal_start, steal_ticks()):.0f}%; rounds in {path}")
 
 
 if __name__ == "__main__":
