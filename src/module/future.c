@@ -26,6 +26,11 @@ static Py_ssize_t job_offset; /* where our field sits: the base's size */
  * can outlive the module state that also holds the base type. */
 static destructor base_dealloc;
 static traverseproc base_traverse;
+/* A heap-type base (3.12 and later) owns a reference to the type of each
+ * of its instances, ours included: its dealloc drops it and its traverse
+ * visits it, so neither may be done twice.  A static base (3.11) does
+ * neither, and leaves the finalizer to the exact type. */
+static int base_is_heap_type;
 
 #define FUTURE_JOB(fut) (*(ol_pyjob **)((char *)(fut) + job_offset))
 
@@ -106,8 +111,11 @@ Future_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
 
-    /* The base's dealloc runs the finalizer (which reports an exception
-     * never retrieved) only for the exact base type; do it here. */
+    if (base_is_heap_type) {
+        base_dealloc(self);
+        return;
+    }
+    /* The finalizer reports an exception never retrieved. */
     if (PyObject_CallFinalizerFromDealloc(self) < 0) {
         return; /* resurrected */
     }
@@ -118,7 +126,9 @@ Future_dealloc(PyObject *self)
 static int
 Future_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(Py_TYPE(self));
+    if (!base_is_heap_type) {
+        Py_VISIT(Py_TYPE(self));
+    }
     return base_traverse(self, visit, arg);
 }
 
@@ -182,6 +192,8 @@ ol_future_init_type(PyObject *module, ol_state *st)
     job_offset = st->AsyncioFuture->tp_basicsize;
     base_dealloc = st->AsyncioFuture->tp_dealloc;
     base_traverse = st->AsyncioFuture->tp_traverse;
+    base_is_heap_type =
+        PyType_HasFeature(st->AsyncioFuture, Py_TPFLAGS_HEAPTYPE);
     spec.basicsize = (int)(job_offset + sizeof(ol_pyjob *));
     bases = PyTuple_Pack(1, (PyObject *)st->AsyncioFuture);
     if (bases == NULL) {
