@@ -74,8 +74,15 @@ async def test_cancelled_held_jobs_never_start(loop, small_pool):
 async def test_overload_keeps_the_pool_queue_bounded(loop):
     offloop.configure(threads=2, max_queue=100)
     try:
-        peak = 0
+        # Both workers busy first, so that the overload is certain rather
+        # than a race between this loop and the workers.
+        sleepers = [_testing.sleep(60) for _ in range(2)]
+        async with asyncio.timeout(10):
+            while offloop.stats()["running"] < 2:
+                await asyncio.sleep(0)
         futs = [_testing.spin(1000) for _ in range(1000)]  # 10x the bound
+        assert offloop.stats()["queued"] == 100  # the rest wait in the port
+        peak = 0
 
         def sample(_):
             nonlocal peak
@@ -83,9 +90,11 @@ async def test_overload_keeps_the_pool_queue_bounded(loop):
 
         for f in futs:
             f.add_done_callback(sample)
+        for s in sleepers:
+            s.cancel()
         async with asyncio.timeout(60):
             await asyncio.gather(*futs)
-        assert 0 < peak <= 100
+        assert peak <= 100
     finally:
         offloop.configure()
 
