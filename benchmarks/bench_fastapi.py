@@ -1,7 +1,8 @@
 """FastAPI under load: numpy in the endpoint vs offloop.top_k.
 
 uvicorn serves examples/fastapi_app.py (plus three extra routes) in a
-subprocess on 127.0.0.1.  A load generator keeps a fixed number of
+subprocess on 127.0.0.1, once per event loop (asyncio, then uvloop), with
+httptools as its HTTP parser when installed.  A load generator keeps a fixed number of
 POST /search requests in flight for a fixed time against each variant in
 turn; what people write today is the baseline:
 
@@ -31,6 +32,7 @@ the goals with PASS/MISS, writes a CSV to benchmarks/results/ and a chart
 
     python benchmarks/bench_fastapi.py [--quick] [--duration 10]
         [--concurrency 16] [--body query|like] [--client auto|wrk|python]
+        [--loops asyncio,uvloop] [--http h11|httptools]
 """
 
 import argparse
