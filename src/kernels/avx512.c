@@ -17,6 +17,27 @@ tail_mask(size_t n)
     return (__mmask16)((1u << n) - 1u);
 }
 
+/* The sum of four accumulators' lanes, always in this order, so that
+ * every kernel that sums a row's squares gets the same float. */
+static inline float
+sum4(const __m512 *v)
+{
+    return _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(v[0], v[1]), _mm512_add_ps(v[2], v[3])));
+}
+
+/* ss[u] += p[16u .. 16u + 15] squared, u < 4: one 64-float step of a row's
+ * sum of squares. */
+static inline void
+add_squares64(const float *p, __m512 *ss)
+{
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++) {
+        __m512 v = _mm512_loadu_ps(p + 16 * u);
+        ss[u] = _mm512_fmadd_ps(v, v, ss[u]);
+    }
+}
+
 static float
 dot_sumsq(const float *q, const float *m, size_t d, float *sumsq)
 {
@@ -42,10 +63,8 @@ dot_sumsq(const float *q, const float *m, size_t d, float *sumsq)
         dt[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, q + j), v, dt[0]);
         ss[0] = _mm512_fmadd_ps(v, v, ss[0]);
     }
-    *sumsq = _mm512_reduce_add_ps(_mm512_add_ps(
-        _mm512_add_ps(ss[0], ss[1]), _mm512_add_ps(ss[2], ss[3])));
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(dt[0], dt[1]),
-                                              _mm512_add_ps(dt[2], dt[3])));
+    *sumsq = sum4(ss);
+    return sum4(dt);
 }
 
 static float
@@ -59,19 +78,14 @@ sumsq(const float *m, size_t d)
         ss[u] = _mm512_setzero_ps();
     }
     for (; j + 64 <= d; j += 64) {
-#pragma GCC unroll 4
-        for (u = 0; u < 4; u++) {
-            __m512 v = _mm512_loadu_ps(m + j + 16 * u);
-            ss[u] = _mm512_fmadd_ps(v, v, ss[u]);
-        }
+        add_squares64(m + j, ss);
     }
     for (; j < d; j += 16) {
         __mmask16 k = tail_mask(d - j < 16 ? d - j : 16);
         __m512 v = _mm512_maskz_loadu_ps(k, m + j);
         ss[0] = _mm512_fmadd_ps(v, v, ss[0]);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(ss[0], ss[1]),
-                                              _mm512_add_ps(ss[2], ss[3])));
+    return sum4(ss);
 }
 
 /* Two accumulators to one vector of 8 partial sums each: lanes 0-7 hold
@@ -306,11 +320,7 @@ scale_row_sumsq_next(const float *x, float *o, size_t d, __m512 inv,
         ss[u] = _mm512_setzero_ps();
     }
     for (; j + 64 <= d; j += 64) {
-#pragma GCC unroll 4
-        for (u = 0; u < 4; u++) {
-            __m512 v = _mm512_loadu_ps(next + j + 16 * u);
-            ss[u] = _mm512_fmadd_ps(v, v, ss[u]);
-        }
+        add_squares64(next + j, ss);
 #pragma GCC unroll 4
         for (u = 0; u < 4; u++) {
             _mm512_storeu_ps(o + j + 16 * u,
@@ -326,8 +336,7 @@ scale_row_sumsq_next(const float *x, float *o, size_t d, __m512 inv,
                               _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j),
                                             inv));
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(ss[0], ss[1]),
-                                              _mm512_add_ps(ss[2], ss[3])));
+    return sum4(ss);
 }
 
 /* Memory sees one read (and one write) of each row: the norm pass pulls
