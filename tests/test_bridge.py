@@ -100,13 +100,13 @@ async def test_loop_runs_while_every_worker_is_busy(loop):
     for s in sleepers:
         s.cancel()
     await asyncio.gather(*sleepers, return_exceptions=True)
-    # A cancelled sleep ends at its next 1 ms slice.
-    assert await asyncio.to_thread(_testing.wait_idle, 10)
 
 
 async def test_stats_add_up_once_nothing_is_in_flight(loop):
     await asyncio.gather(_testing.noop(), _testing.spin(10),
                          _testing.fail("x"), return_exceptions=True)
+    # A worker hands a job to the port before it leaves the running set,
+    # so a future can resolve a moment before `running` drops.
     assert await asyncio.to_thread(_testing.wait_idle, 10)
     s = offloop.stats()
     for key in ("threads", "queued", "running", "completed", "failed",
