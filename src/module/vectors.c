@@ -33,11 +33,42 @@
  */
 #include "binding.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "kernels.h"
+
+/* A gate for tests (_hold_normalize_chunks): lets `allowed` batch_normalize
+ * chunks start, then holds each later one at its start until the test
+ * opens the gate, so that a test can cancel a big job at a known point
+ * instead of racing the workers.  `lock` protects `allowed`; `armed` is
+ * atomic so that the untested path costs one relaxed load per chunk. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t opened;
+    atomic_int armed;
+    long allowed;
+} normalize_gate = {.lock = PTHREAD_MUTEX_INITIALIZER,
+                  .opened = PTHREAD_COND_INITIALIZER};
+
+static void
+pass_normalize_gate(void)
+{
+    if (!atomic_load_explicit(&normalize_gate.armed, memory_order_relaxed)) {
+        return;
+    }
+    pthread_mutex_lock(&normalize_gate.lock);
+    while (atomic_load(&normalize_gate.armed) && normalize_gate.allowed == 0) {
+        pthread_cond_wait(&normalize_gate.opened, &normalize_gate.lock);
+    }
+    if (atomic_load(&normalize_gate.armed)) {
+        normalize_gate.allowed--;
+    }
+    pthread_mutex_unlock(&normalize_gate.lock);
+}
 #include "vec_args.h"
 
 /* Work (multiply-adds) up to which a call runs inline on the loop
@@ -216,6 +247,7 @@ normalize_work(ol_job_t *job, size_t chunk)
     vec_payload *p = PAYLOAD(job);
     size_t r0, r1, q0, q1;
 
+    pass_normalize_gate();
     chunk_range(p, chunk, &r0, &r1, &q0, &q1);
     ol_normalize_rows_f32(p->in[0].data, p->out[0].data, p->d, r0, r1);
     return 0;
@@ -765,6 +797,32 @@ get_isa(PyObject *module, PyObject *unused)
     return PyUnicode_FromString(ol_isa_name(ol_kernels_isa()));
 }
 
+/* _hold_normalize_chunks(n): let n chunks start, hold the rest; None opens
+ * the gate. */
+static PyObject *
+hold_normalize_chunks(PyObject *module, PyObject *arg)
+{
+    long allowed = -1;
+
+    if (arg != Py_None) {
+        allowed = PyLong_AsLong(arg);
+        if (allowed == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (allowed < 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "_hold_normalize_chunks(): n must be >= 0");
+            return NULL;
+        }
+    }
+    pthread_mutex_lock(&normalize_gate.lock);
+    normalize_gate.allowed = allowed;
+    atomic_store(&normalize_gate.armed, allowed >= 0);
+    pthread_cond_broadcast(&normalize_gate.opened);
+    pthread_mutex_unlock(&normalize_gate.lock);
+    Py_RETURN_NONE;
+}
+
 #include "vectors_doc.h"
 
 #define FASTCALL(fn) ((PyCFunction)(void (*)(void))(fn))
@@ -791,5 +849,8 @@ PyMethodDef ol_vector_methods[] = {
      "'avx2', 'avx512'); returns the previous one.  Tests only."},
     {"_isa", get_isa, METH_NOARGS,
      "_isa($module, /)\n--\n\nThe kernels' ISA in use."},
+    {"_hold_normalize_chunks", hold_normalize_chunks, METH_O,
+     "_hold_normalize_chunks($module, n, /)\n--\n\nLet n batch_normalize "
+     "chunks start and hold the later ones; None lets all go.  Tests only."},
     {NULL, NULL, 0, NULL},
 };
