@@ -661,17 +661,22 @@ async def test_cancel_a_big_batch_normalize_midway(loop):
 
 async def test_cancel_a_queued_vector_job(loop):
     threads = offloop.stats()["threads"]
-    sleepers = [_testing.sleep(0.2) for _ in range(threads)]
+    before = offloop.stats()["chunks"]
+    holders = [_testing.sleep(60) for _ in range(threads)]
+    async with asyncio.timeout(10):
+        while offloop.stats()["running"] < threads:
+            await asyncio.sleep(0)
     x = np.ones((100_000, 16), np.float32)
     out = np.zeros_like(x)
-    before = offloop.stats()["chunks"]
     fut = offloop.batch_normalize(x, out=out)
-    await asyncio.sleep(0.01)
-    fut.cancel()
+    fut.cancel()  # every worker is held: the job is still queued
     with pytest.raises(asyncio.CancelledError):
         await fut
-    await asyncio.gather(*sleepers)
-    assert offloop.stats()["chunks"] - before == threads  # sleepers only
+    for holder in holders:
+        holder.cancel()
+    await asyncio.gather(*holders, return_exceptions=True)
+    assert _testing.wait_idle(10)
+    assert offloop.stats()["chunks"] - before == threads  # the holders only
     assert not out.any()  # never started
 
 
