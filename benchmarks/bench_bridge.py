@@ -508,6 +508,39 @@ async def probe(samples):
     return out
 
 
+async def probe_bare_wakeups(rate, samples, seed=4):
+    """probe(samples) while a thread wakes the loop ``rate`` times a second
+    with no CPU work at all: it writes a pipe the loop reads, as a worker's
+    eventfd does.  The wakeups come at random moments (Poisson), as
+    completions land relative to the probe's sleeps; a periodic writer
+    falls into step with the probe and understates the cost.  What a
+    bridge with that completion rate cannot go below."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    loop.add_reader(r, os.read, r, 4096)
+    stop = threading.Event()
+
+    def waker():
+        due = time.perf_counter()
+        while not stop.is_set():
+            due += rng.expovariate(rate)
+            time.sleep(max(0.0, due - time.perf_counter()))
+            os.write(w, b"x")
+
+    t = threading.Thread(target=waker)
+    t.start()
+    try:
+        return await probe(samples)
+    finally:
+        stop.set()
+        t.join()
+        loop.remove_reader(r)
+        os.close(r)
+        os.close(w)
+
+
 class Feeder:
     """Keeps ``width`` CPU jobs in flight, resubmitting as each completes."""
 
@@ -615,35 +648,8 @@ async def case_responsiveness(ctx):
         return await loaded_probe(feeder, per_block)
 
     async def bare_wakeups():
-        # The loaded phase's completion rate, with no CPU work at all: a
-        # thread writes a pipe the loop reads, as a worker's eventfd does,
-        # at random moments (Poisson), as completions land relative to the
-        # probe's sleeps.  A periodic writer falls into step with the probe
-        # and understates the cost.
-        rate = threads / SPIN_JOB_S
-        rng = random.Random(4)
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        loop.add_reader(r, os.read, r, 4096)
-        stop = threading.Event()
-
-        def waker():
-            due = time.perf_counter()
-            while not stop.is_set():
-                due += rng.expovariate(rate)
-                time.sleep(max(0.0, due - time.perf_counter()))
-                os.write(w, b"x")
-
-        t = threading.Thread(target=waker)
-        t.start()
-        try:
-            return await probe(per_block), None, None, None
-        finally:
-            stop.set()
-            t.join()
-            loop.remove_reader(r)
-            os.close(r)
-            os.close(w)
+        return await probe_bare_wakeups(threads / SPIN_JOB_S, per_block), \
+            None, None, None
 
     phases = [("idle", idle), ("offloop_spin", offloop_spin),
               ("bare_wakeups", bare_wakeups)]

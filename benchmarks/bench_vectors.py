@@ -17,7 +17,9 @@ of the machine's memory bandwidth, measured in the same run:
 4. ``top_k``, k=10, 64 queries against 200,000 x 768 (pre-normalized);
 5. loop lag: the overshoot of ``asyncio.sleep(0.001)`` on an idle loop and
    while back-to-back 100,000 x 768 ``batch_normalize`` jobs keep every
-   worker busy (the probe of bench_bridge.py).
+   worker busy (the probe of bench_bridge.py), and beside them the same
+   probe while a thread only wakes the loop, at the loaded phase's rate
+   of completions: the part of the overshoot that any wakeup costs.
 
 Every measured round goes to ``benchmarks/results/bench_vectors-<ts>.csv``.
 See ``benchmarks/README.md`` for the method and its biases.
@@ -48,6 +50,7 @@ from bench_bridge import (  # noqa: E402  (the bridge's probe and helpers)
     loaded_probe,
     loop_factories,
     percentile,
+    probe_bare_wakeups,
     probe,
     rotated,
     steal_pct,
@@ -510,9 +513,19 @@ async def case_lag(ctx):
         feeder = Feeder(lambda: offloop.batch_normalize(x, out=x), 2)
         return await loaded_probe(feeder, per_block)
 
-    phases = [("idle", idle), ("normalize", loaded)]
+    # The loaded phase's completion rate, for the bare-wakeups phase: one
+    # job at a time on all workers, back to back.
+    t0 = time.perf_counter()
+    await offloop.batch_normalize(x, out=x)
+    rate = 1.0 / (time.perf_counter() - t0)
+
+    async def bare_wakeups():
+        return await probe_bare_wakeups(rate, per_block), None, None, None
+
+    phases = [("idle", idle), ("normalize", loaded),
+              ("bare_wakeups", bare_wakeups)]
     await probe(min(200, per_block))  # warm-up
-    lats = {"idle": [], "normalize": []}
+    lats = {name: [] for name, _ in phases}
     cores, jobs, slowest = [], 0, 0.0
     for b in range(ctx["blocks"]):
         for name, fn in rotated(phases, b):
@@ -535,13 +548,17 @@ async def case_lag(ctx):
     ctx["goals"].append((f"[{loopname}] sleep p99 under normalize", ok))
     i50, i99, imax = res["idle"]
     l50, l99, lmax = res["normalize"]
+    w50, w99, wmax = res["bare_wakeups"]
     print(f"[{loopname}] sleep(1ms) overshoot, {ctx['blocks']}x{per_block}"
           f" samples: idle p50 {i50:.3f} p99 {i99:.3f} max {imax:.1f} ms"
           f" | {threads} workers on {ctx['norm_n']:,} x {D} batch_normalize"
           f" ({jobs} jobs, {sum(cores) / max(len(cores), 1):.2f} CPUs busy)"
           f" p50 {l50:.3f} p99 {l99:.3f} max {lmax:.1f} ms"
           f" ({extra:+.3f} ms, goal <=+{GOAL_P99_EXTRA_MS} ms {verdict(ok)};"
-          f" slowest submit {slowest * 1e6:.0f} us)", flush=True)
+          f" slowest submit {slowest * 1e6:.0f} us)"
+          f" | bare wakeups, {rate:.0f}/s at random, no CPU work:"
+          f" p50 {w50:.3f} p99 {w99:.3f} max {wmax:.1f} ms"
+          f" ({w99 - i99:+.3f})", flush=True)
 
 
 # ------------------------------------------------------------------- main
