@@ -40,6 +40,7 @@
 #include <time.h>
 
 #include "kernels.h"
+#include "vec_args.h"
 
 /* A gate for tests (_hold_normalize_chunks): lets `allowed` batch_normalize
  * chunks start, then holds each later one at its start until the test
@@ -69,7 +70,6 @@ pass_normalize_gate(void)
     }
     pthread_mutex_unlock(&normalize_gate.lock);
 }
-#include "vec_args.h"
 
 /* Work (multiply-adds) up to which a call runs inline on the loop
  * thread: about 5 us of one core, well under a pool round trip. */
