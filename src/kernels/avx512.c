@@ -26,6 +26,12 @@ sum4(const __m512 *v)
         _mm512_add_ps(_mm512_add_ps(v[0], v[1]), _mm512_add_ps(v[2], v[3])));
 }
 
+static inline void
+zero4(__m512 *v)
+{
+    v[0] = v[1] = v[2] = v[3] = _mm512_setzero_ps();
+}
+
 /* ss[u] += p[16u .. 16u + 15] squared, u < 4: one 64-float step of a row's
  * sum of squares. */
 static inline void
@@ -45,9 +51,8 @@ dot_sumsq(const float *q, const float *m, size_t d, float *sumsq)
     size_t j = 0;
     int u;
 
-    for (u = 0; u < 4; u++) {
-        dt[u] = ss[u] = _mm512_setzero_ps();
-    }
+    zero4(dt);
+    zero4(ss);
     for (; j + 64 <= d; j += 64) {
 #pragma GCC unroll 4
         for (u = 0; u < 4; u++) {
@@ -72,11 +77,8 @@ sumsq(const float *m, size_t d)
 {
     __m512 ss[4];
     size_t j = 0;
-    int u;
 
-    for (u = 0; u < 4; u++) {
-        ss[u] = _mm512_setzero_ps();
-    }
+    zero4(ss);
     for (; j + 64 <= d; j += 64) {
         add_squares64(m + j, ss);
     }
@@ -316,9 +318,7 @@ scale_row_sumsq_next(const float *x, float *o, size_t d, __m512 inv,
     size_t j = 0;
     int u;
 
-    for (u = 0; u < 4; u++) {
-        ss[u] = _mm512_setzero_ps();
-    }
+    zero4(ss);
     for (; j + 64 <= d; j += 64) {
         add_squares64(next + j, ss);
 #pragma GCC unroll 4
