@@ -5,9 +5,17 @@
  * A port is a done-list plus an fd the loop watches (an eventfd, or a pipe
  * where there is none).  Workers append finished jobs under port->lock and
  * write the fd only when the list goes from empty to non-empty, so one
- * wake-up of the loop resolves every job finished since the last one.  The
- * write happens under the lock: the owner closes the fd under the same
- * lock, so a worker can never write into a closed (or reused) fd number.
+ * wake-up of the loop resolves every job finished since the last one.
+ *
+ * The write happens after the lock is released.  Written under it, the
+ * wake-up let the loop thread preempt the (SCHED_IDLE) worker inside its
+ * critical section, then block on the lock in ol_port_take() until the
+ * worker ran again: a futex wait on nearly every wake-up, and, when other
+ * threads held both cores, a loop stalled for milliseconds (seen as 3-6 ms
+ * GET /health outliers in bench_fastapi).  A worker about to write counts
+ * itself in port->writers under the lock; ol_port_close() waits for that
+ * count to reach zero before it closes the fd, so a worker still never
+ * writes into a closed (or reused) fd number.
  *
  * The owner (the loop thread) first clears the fd's readiness, then swaps
  * the list out under the lock.  A job appended in between is taken with
@@ -38,7 +46,10 @@ struct ol_port_s {
     pthread_mutex_t lock;
     ol_job_t *head, *tail; /* (lock) the done-list, oldest first */
     int closed;            /* (lock) ol_port_close() was called */
-    int rfd, wfd;          /* (lock for writers) equal for an eventfd */
+    int writers;           /* (lock) workers writing wfd outside the lock */
+    pthread_cond_t written; /* writers fell to 0 with the port closed */
+    int rfd, wfd;          /* equal for an eventfd; closed once writers
+                              is 0, under the lock */
     atomic_uint refs;
     ol_port_t *space_next; /* (space.lock) in the list waiting for room */
     int space_linked;      /* (space.lock) */
@@ -110,6 +121,7 @@ ol_port_new(ol_port_t **out)
         return err;
     }
     OL__CHECK(pthread_mutex_init(&port->lock, NULL));
+    OL__CHECK(pthread_cond_init(&port->written, NULL));
     atomic_init(&port->refs, 1);
     *out = port;
     return 0;
@@ -122,7 +134,7 @@ ol_port_fd(const ol_port_t *port)
 }
 
 static void
-wake(ol_port_t *port)
+write_fd(ol_port_t *port)
 {
 #ifdef OL_HAVE_EVENTFD
     uint64_t one = 1;
@@ -133,6 +145,28 @@ wake(ol_port_t *port)
 #endif
     /* EAGAIN: the fd is readable already, which is all a write is for. */
     (void)n;
+}
+
+/* Port lock held, port open: this thread will write the fd once it has
+ * released the lock (wake_unlocked). */
+static void
+begin_wake(ol_port_t *port)
+{
+    port->writers++;
+}
+
+/* Without the port lock, after begin_wake(): write the fd, then let a
+ * waiting ol_port_close() go on.  The owner's reference keeps the port
+ * alive until ol_port_close() has returned, so until this has ended. */
+static void
+wake_unlocked(ol_port_t *port)
+{
+    write_fd(port);
+    OL__CHECK(pthread_mutex_lock(&port->lock));
+    if (--port->writers == 0 && port->closed) {
+        OL__CHECK(pthread_cond_signal(&port->written));
+    }
+    OL__CHECK(pthread_mutex_unlock(&port->lock));
 }
 
 static void
@@ -153,6 +187,8 @@ orphan_push(ol_job_t *job)
 void
 ol__port_push(ol_port_t *port, ol_job_t *job)
 {
+    int woke = 0;
+
     job->done_next = NULL;
     OL__CHECK(pthread_mutex_lock(&port->lock));
     if (port->closed) {
@@ -166,9 +202,15 @@ ol__port_push(ol_port_t *port, ol_job_t *job)
     }
     else {
         port->head = port->tail = job;
-        wake(port);
+        begin_wake(port);
+        woke = 1;
     }
     OL__CHECK(pthread_mutex_unlock(&port->lock));
+    /* The job may be taken, resolved and freed from here on: only the
+     * port is touched. */
+    if (woke) {
+        wake_unlocked(port);
+    }
 }
 
 static void
@@ -207,6 +249,9 @@ ol_port_close(ol_port_t *port)
     port->closed = 1;
     list = port->head;
     port->head = port->tail = NULL;
+    while (port->writers > 0) {
+        OL__CHECK(pthread_cond_wait(&port->written, &port->lock));
+    }
     close_fds(port);
     OL__CHECK(pthread_mutex_unlock(&port->lock));
     return list;
@@ -233,6 +278,7 @@ ol_port_decref(ol_port_t *port)
     if (atomic_fetch_sub_explicit(&port->refs, 1, memory_order_acq_rel) ==
         1) {
         close_fds(port);
+        pthread_cond_destroy(&port->written);
         pthread_mutex_destroy(&port->lock);
         free(port);
     }
@@ -335,10 +381,14 @@ ol__ports_notify_space(int all)
             return;
         }
         OL__CHECK(pthread_mutex_lock(&port->lock));
-        if (!port->closed) {
-            wake(port);
+        int open = !port->closed;
+        if (open) {
+            begin_wake(port);
         }
         OL__CHECK(pthread_mutex_unlock(&port->lock));
+        if (open) {
+            wake_unlocked(port);
+        }
         ol_port_decref(port);
     } while (all);
 }

@@ -1,7 +1,7 @@
 /* Tests of completion ports (src/core/port.c): delivery to the port, fd
  * readiness, oldest-first takes, coalesced wake-ups, concurrent delivery
  * against a taker, close (untaken jobs back, late jobs to the orphan
- * list), reference counts and the closed fd.
+ * list), close racing deliveries, reference counts and the closed fd.
  *
  * Most cases run the pool with ONE worker: it delivers jobs in queue
  * order, and it ends a job before it takes the next one, so a job with a
@@ -10,6 +10,7 @@
  */
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "internal.h" /* ol__port_push: the workers' delivery path */
@@ -405,6 +406,68 @@ port_close_and_orphans(void)
     gate_destroy(&g);
 }
 
+/* Workers write the fd after releasing the port lock.  Close the port
+ * while pushers deliver, open a new eventfd (it takes the lowest free
+ * number: the old one) and check that no late delivery wrote it: close
+ * must wait for the writes already under way. */
+static size_t
+drop_list(ol_port_t *port, ol_job_t *list)
+{
+    size_t n = 0;
+
+    for (ol_job_t *j = list; j != NULL; j = j->done_next) {
+        ol_port_decref(port);
+        n++;
+    }
+    return n;
+}
+
+static void
+port_close_during_delivery(void)
+{
+    enum { P = 2 };
+    size_t rounds = ol_test_scaled(300, 20), n = 2000;
+    ol_job_t *jobs = calloc(n * P, sizeof(*jobs));
+
+    ASSERT(jobs != NULL);
+    for (size_t r = 0; r < rounds; r++) {
+        pusher_t u[P];
+        ol_port_t *port;
+        size_t got = 0;
+        uint64_t count;
+        int fd, fresh;
+
+        ASSERT_OK(ol_port_new(&port));
+        fd = ol_port_fd(port);
+        for (size_t i = 0; i < n * P; i++) {
+            ol_port_incref(port); /* each job's, as a submit takes */
+        }
+        for (size_t p = 0; p < P; p++) {
+            u[p] = (pusher_t){.port = port, .jobs = jobs, .p = p,
+                              .producers = P, .n = n};
+            CHECK_PT(pthread_create(&u[p].tid, NULL, pusher, &u[p]));
+        }
+        /* Empty the list a few times, so that deliveries write the fd. */
+        for (int i = 0; i < 1 + (int)(r % 8); i++) {
+            got += drop_list(port, ol_port_take(port));
+        }
+        got += drop_list(port, ol_port_close(port));
+        ASSERT_EQ(fcntl(fd, F_GETFD), -1);
+        fresh = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        ASSERT(fresh >= 0);
+        for (size_t p = 0; p < P; p++) {
+            CHECK_PT(pthread_join(u[p].tid, NULL));
+        }
+        got += drop_list(port, ol_orphans_take());
+        ASSERT_EQ(got, n * P);
+        ASSERT_EQ(read(fresh, &count, sizeof(count)), -1); /* never written */
+        ASSERT_EQ(errno, EAGAIN);
+        close(fresh);
+        ol_port_decref(port); /* the owner's, the last */
+    }
+    free(jobs);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -415,6 +478,7 @@ main(int argc, char **argv)
         {"port_concurrent_pool", port_concurrent_pool},
         {"port_concurrent_push", port_concurrent_push},
         {"port_close_and_orphans", port_close_and_orphans},
+        {"port_close_during_delivery", port_close_during_delivery},
     };
     int rc;
 
