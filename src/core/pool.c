@@ -33,10 +33,12 @@
  * registered with ol_port_wait_space() (port.c keeps that list).
  *
  * Priority.  Workers run under SCHED_IDLE (Linux), so that an event loop
- * thread, or any other thread of normal priority, preempts them at once:
- * with nice +5 workers, GET /health under a saturated pool measured a p99
- * of 5-6 ms; under SCHED_IDLE, 1.0-1.7 ms in a minimal app and 2.6-4.4 ms
- * in bench_fastapi (benchmarks/README.md).  The
+ * thread, or any other thread of normal priority, preempts them at once
+ * when it wakes: with nice +5 workers, GET /health under a saturated pool
+ * measured a p99 of 5-6 ms; under SCHED_IDLE, 1.0-1.7 ms in a minimal app
+ * and 1.3-2.4 ms in bench_fastapi (benchmarks/README.md).  A thread that
+ * was preempted rather than woken can still wait up to a scheduler tick
+ * behind a worker.  The
  * price: work of normal priority that saturates every core starves them.
  * OFFLOOP_WORKER_PRIORITY=N (a whole number, 0 to 19) keeps the normal
  * policy at nice +N instead; 0 leaves the workers at the process's
