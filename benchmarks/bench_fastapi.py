@@ -140,7 +140,8 @@ def serve(port, rows, threads, loop, http):
 
     @app.post("/search-no-work")
     async def search_no_work(body: fastapi_app.Query, request: Request,
-                           wait_ms: float = 0.0) -> fastapi_app.SearchResults:
+                             wait_ms: float = 0.0
+                             ) -> fastapi_app.SearchResults:
         """The endpoint's own cost: no native work, a timer instead."""
         query_of(body, request)
         await asyncio.sleep(wait_ms / 1e3)
@@ -404,8 +405,8 @@ def chart(rows, path, title):
                              squeeze=False)
     for loop, row_axes in zip(loops, axes):
         mine = [r for r in rows if r["loop"] == loop]
-        names = [r["variant"].replace("+", "+\n").replace("-native-", " native\n")
-                 for r in mine]
+        names = [r["variant"].replace("+", "+\n")
+                 .replace("-native-", " native\n") for r in mine]
         for ax, key, label in zip(
                 row_axes, ["rps", "p99_ms", "health_p99_ms"],
                 ["POST /search requests/s (higher is better)",
