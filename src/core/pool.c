@@ -36,7 +36,7 @@
  * thread, or any other thread of normal priority, preempts them at once
  * when it wakes: with nice +5 workers, GET /health under a saturated pool
  * measured a p99 of 5-6 ms; under SCHED_IDLE, 1.0-1.7 ms in a minimal app
- * and 1.3-2.4 ms in bench_fastapi (benchmarks/README.md).  A thread that
+ * and 1.1-3.6 ms in bench_fastapi (benchmarks/README.md).  A thread that
  * was preempted rather than woken can still wait up to a scheduler tick
  * behind a worker.  The
  * price: work of normal priority that saturates every core starves them.
