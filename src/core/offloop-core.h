@@ -76,12 +76,17 @@ struct ol_job_s {
     ol_job_t *done_next;
 };
 
-/* A blocking caller's wake-up: the delivering worker sets `done` under the
- * lock and signals. */
+/* A blocking caller's wake-up.  On Linux a futex on `done`: the worker
+ * stores 1 and wakes the caller, holding no lock the caller then needs
+ * (see port.c).  Elsewhere `done` is set under the lock, then signalled. */
 struct ol_waiter_s {
+#ifdef __linux__
+    atomic_uint done;
+#else
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int done; /* lock */
+#endif
 };
 
 /* ---- pool (one per process) ---------------------------------------- */
