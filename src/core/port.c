@@ -438,24 +438,20 @@ ol__waiter_wake(ol_waiter_t *w)
 int
 ol_waiter_wait(ol_waiter_t *w, long timeout_ms)
 {
-    struct timespec deadline, now;
+    struct timespec deadline;
 
     if (timeout_ms >= 0) {
         ol__deadline_after(&deadline, timeout_ms);
     }
     while (!atomic_load_explicit(&w->done, memory_order_acquire)) {
-        if (timeout_ms >= 0) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec > deadline.tv_sec ||
-                (now.tv_sec == deadline.tv_sec &&
-                 now.tv_nsec >= deadline.tv_nsec)) {
-                break;
-            }
+        /* An absolute CLOCK_MONOTONIC deadline, so a retry does not extend
+         * it.  EINTR, and EAGAIN (done was set meanwhile), loop back to the
+         * check. */
+        if (futex(&w->done, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, 0,
+                  timeout_ms >= 0 ? &deadline : NULL) != 0 &&
+            errno == ETIMEDOUT) {
+            break;
         }
-        /* Absolute CLOCK_MONOTONIC deadline; EINTR and EAGAIN (already
-         * done) loop back to the check. */
-        (void)futex(&w->done, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, 0,
-                    timeout_ms >= 0 ? &deadline : NULL);
     }
     return (int)atomic_load_explicit(&w->done, memory_order_acquire);
 }
@@ -465,12 +461,8 @@ ol_waiter_wait(ol_waiter_t *w, long timeout_ms)
 void
 ol_waiter_init(ol_waiter_t *w)
 {
-    pthread_condattr_t attr;
-
     OL__CHECK(pthread_mutex_init(&w->lock, NULL));
-    OL__CHECK(pthread_condattr_init(&attr));
-    OL__CHECK(pthread_cond_init(&w->cond, &attr));
-    OL__CHECK(pthread_condattr_destroy(&attr));
+    OL__CHECK(pthread_cond_init(&w->cond, NULL));
     w->done = 0;
 }
 
