@@ -83,3 +83,70 @@ def test_ctrl_c_cancels_a_blocking_call(monkeypatch):
     t.join(10)
     assert _testing.wait_idle(10)
     assert offloop.stats()["cancelled"] == cancelled + 1
+
+
+def test_regr_ctrl_c_interrupts_blocking_run_while_the_callable_runs():
+    """A Python callable cannot stop at a chunk boundary: Ctrl-C raises at
+    once in the caller, the callable runs on to its end on its worker, and
+    its result is discarded (counted once as cancelled)."""
+    assert threading.current_thread() is threading.main_thread()
+    started, release = threading.Event(), threading.Event()
+    gave_up = []
+
+    def callable_that_waits():
+        started.set()
+        release.wait(60)
+        return "discarded"
+
+    def interrupt_once_started():
+        started.wait(10)
+        os.kill(os.getpid(), signal.SIGINT)
+        # Without the fix the caller waits for the callable: end it after
+        # a while so that the failure is an assertion, not a hang.
+        if not interrupted.wait(10):
+            gave_up.append(True)
+            release.set()
+
+    interrupted = threading.Event()
+    before = offloop.stats()
+    t = threading.Thread(target=interrupt_once_started)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        offloop.blocking.run(callable_that_waits)
+    interrupted.set()
+    still_running = not release.is_set()
+    release.set()
+    t.join(10)
+    assert not gave_up and still_running
+    assert _testing.wait_idle(10)
+    assert offloop.blocking.run(sum, [1, 2]) == 3  # drains the orphan
+    after = offloop.stats()
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["completed"] == before["completed"] + 1  # the sum only
+    assert _testing.live_jobs() == 0
+
+
+def test_second_ctrl_c_after_an_abandoned_run_leaves_the_pool_usable():
+    """Interrupt two callables in a row (both workers end up inside
+    abandoned jobs); once they end, the pool serves calls again."""
+    release = threading.Event()
+    for _ in range(2):
+        started = threading.Event()
+
+        def callable_that_waits(started=started):
+            started.set()
+            release.wait(60)
+
+        def interrupt(started=started):
+            started.wait(10)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        t = threading.Thread(target=interrupt)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            offloop.blocking.run(callable_that_waits)
+        t.join(10)
+    release.set()
+    assert _testing.wait_idle(10)
+    assert offloop.blocking.run(pow, 2, 10) == 1024
+    assert _testing.live_jobs() == 0

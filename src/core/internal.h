@@ -13,6 +13,10 @@
  * (a worker never holds the pool lock and a port lock at once). */
 void ol__port_push(ol_port_t *port, ol_job_t *job);
 
+/* Hand a job whose owner is gone to the orphan list.  Any thread, no
+ * lock held. */
+void ol__orphan_push(ol_job_t *job);
+
 /* Wake a blocking caller. */
 void ol__waiter_wake(ol_waiter_t *w);
 

@@ -59,7 +59,9 @@ struct ol_job_s {
     ol_finish_cb finish;  /* may be NULL */
     size_t nchunks;       /* >= 1 */
     ol_port_t *port;      /* deliver here (a reference is taken) ... */
-    ol_waiter_t *waiter;  /* ... or wake this blocking caller */
+    /* ... or wake this blocking caller.  Exchanged atomically when the
+     * job ends, and by ol_job_abandon(). */
+    _Atomic(ol_waiter_t *) waiter;
     unsigned generation;  /* fork generation at submit */
 
     /* Guarded by the pool lock. */
@@ -128,6 +130,15 @@ void ol_pool_kick(void);
  * chunk), or if it was already delivered.  A job from before a fork is
  * left alone (returns 0). */
 int ol_job_cancel(ol_job_t *job);
+
+/* A blocking caller stops waiting for a job a worker is inside (after
+ * ol_job_cancel() returned 0), for work that cannot stop at a chunk
+ * boundary (a Python callable).  Returns 1 if the job will go to the
+ * orphan list (ol_orphans_take()) when it ends instead of waking its
+ * waiter: the caller may destroy the waiter at once and must not touch
+ * the job again.  Returns 0 if the job is being delivered to the waiter
+ * already: wait for it.  Thread-safe. */
+int ol_job_abandon(ol_job_t *job);
 
 extern atomic_int ol__stopping; /* set by ol_pool_shutdown() */
 
@@ -203,6 +214,13 @@ int ol_port_fd(const ol_port_t *port);
  * clear the fd's readiness.  Owner's thread only.  May return NULL (a
  * wakeup can be spurious). */
 ol_job_t *ol_port_take(ol_port_t *port);
+
+/* Call visit(job, arg) on every job delivered and not yet taken, under
+ * the port lock, until one returns non-zero (returned).  Any thread; for
+ * a garbage collector's traversal of what the delivered jobs hold.  The
+ * callback must not call back into the port. */
+int ol_port_visit(ol_port_t *port, int (*visit)(ol_job_t *, void *),
+                  void *arg);
 
 /* Close the port: close its fd (the caller has removed it from the loop)
  * and return the jobs delivered but not yet taken.  Jobs delivered later

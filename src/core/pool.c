@@ -300,6 +300,10 @@ lower_priority(void)
 #endif
 }
 
+/* The mark ol_job_abandon() leaves in a job's waiter field; never waited
+ * on. */
+static ol_waiter_t abandoned;
+
 static void
 set_status(ol_job_t *job, int err)
 {
@@ -364,9 +368,28 @@ end_job(ol_job_t *job)
     if (job->port != NULL) {
         ol__port_push(job->port, job);
     }
-    else if (job->waiter != NULL) {
-        ol__waiter_wake(job->waiter);
+    else {
+        ol_waiter_t *w = atomic_exchange(&job->waiter, NULL);
+
+        if (w == &abandoned) {
+            ol__orphan_push(job); /* its caller stopped waiting */
+        }
+        else if (w != NULL) {
+            ol__waiter_wake(w);
+        }
     }
+}
+
+int
+ol_job_abandon(ol_job_t *job)
+{
+    ol_waiter_t *w = atomic_exchange(&job->waiter, &abandoned);
+
+    if (w == NULL) { /* the worker took the waiter: it is waking it */
+        atomic_store(&job->waiter, NULL);
+        return 0;
+    }
+    return 1;
 }
 
 /* Pool lock held.  Called when a job leaves the running or queued set. */

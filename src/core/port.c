@@ -171,8 +171,8 @@ wake_unlocked(ol_port_t *port)
     OL__CHECK(pthread_mutex_unlock(&port->lock));
 }
 
-static void
-orphan_push(ol_job_t *job)
+void
+ol__orphan_push(ol_job_t *job)
 {
     OL__CHECK(pthread_mutex_lock(&orphans.lock));
     if (orphans.tail != NULL) {
@@ -195,7 +195,7 @@ ol__port_push(ol_port_t *port, ol_job_t *job)
     OL__CHECK(pthread_mutex_lock(&port->lock));
     if (port->closed) {
         OL__CHECK(pthread_mutex_unlock(&port->lock));
-        orphan_push(job);
+        ol__orphan_push(job);
         return;
     }
     if (port->tail != NULL) {
@@ -240,6 +240,22 @@ ol_port_take(ol_port_t *port)
     port->head = port->tail = NULL;
     OL__CHECK(pthread_mutex_unlock(&port->lock));
     return list;
+}
+
+int
+ol_port_visit(ol_port_t *port, int (*visit)(ol_job_t *, void *), void *arg)
+{
+    int rc = 0;
+
+    /* Workers only append while we walk: the lock keeps the links whole,
+     * and a job appended after the walk is simply not seen this time. */
+    OL__CHECK(pthread_mutex_lock(&port->lock));
+    for (ol_job_t *job = port->head; job != NULL && rc == 0;
+         job = job->done_next) {
+        rc = visit(job, arg);
+    }
+    OL__CHECK(pthread_mutex_unlock(&port->lock));
+    return rc;
 }
 
 ol_job_t *

@@ -26,6 +26,10 @@ typedef struct {
     /* GIL held, exactly once, whatever happened: drop references and
      * buffers held by the payload.  May be NULL. */
     void (*release)(ol_pyjob *job);
+    /* The work cannot stop at a chunk boundary (a Python callable): a
+     * blocking caller interrupted by a signal stops waiting for it at once
+     * (ol_job_abandon()) instead of waiting for the work to end. */
+    int unstoppable;
 } ol_jobkind;
 
 struct ol_pyjob_s {
@@ -63,7 +67,7 @@ typedef struct {
     PyObject *loop_entry;
     PyObject *loop_entry_loop;
     unsigned loop_entry_generation;
-    PyObject *last_port;          /* strong */
+    PyObject *last_port;          /* borrowed: the Port forgets it */
     /* vec_args.c: numpy.empty and dtypes, set on first use (NULL until
      * then, so that import offloop does not import numpy). */
     PyObject *np_empty;

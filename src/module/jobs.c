@@ -236,7 +236,11 @@ ol_fail_job(ol_state *st, ol_pyjob *job, int err)
 void
 ol_drop(ol_pyjob *job)
 {
-    if (job->future != NULL && ol_future_job(job->future) != job) {
+    if (job->future == NULL) {
+        /* A blocking caller's job orphaned by ol_job_abandon(). */
+        ol_count.cancelled++;
+    }
+    else if (ol_future_job(job->future) != job) {
         ol_count.cancelled++; /* nobody waited for this completion */
     }
     else {
@@ -263,9 +267,10 @@ ol_drain_orphans(void)
 
 /* ---- blocking ------------------------------------------------------ */
 
-/* Wait for delivery with the GIL released.  Returns 0, or -1 with an
- * exception set by a signal handler (the job was then cancelled and has
- * ended). */
+/* Wait for delivery with the GIL released.  Returns 0; or, with an
+ * exception set by a signal handler, -1 (the job was cancelled and has
+ * ended: the caller owns it) or -2 (the job was abandoned to a worker that
+ * cannot stop: the orphan list frees it when it ends, never touch it). */
 static int
 wait_blocking(ol_pyjob *job, ol_waiter_t *w)
 {
@@ -276,12 +281,16 @@ wait_blocking(ol_pyjob *job, ol_waiter_t *w)
         done = ol_waiter_wait(w, 100);
         Py_END_ALLOW_THREADS
         if (!done && PyErr_CheckSignals() < 0) {
-            if (ol_job_cancel(&job->core) == 0) {
-                /* A worker is inside: it stops at its next chunk. */
-                Py_BEGIN_ALLOW_THREADS
-                ol_waiter_wait(w, -1);
-                Py_END_ALLOW_THREADS
+            if (ol_job_cancel(&job->core) == 1) {
+                return -1;
             }
+            if (job->kind->unstoppable && ol_job_abandon(&job->core)) {
+                return -2;
+            }
+            /* A worker is inside: it stops at its next chunk. */
+            Py_BEGIN_ALLOW_THREADS
+            ol_waiter_wait(w, -1);
+            Py_END_ALLOW_THREADS
             return -1;
         }
     }
@@ -309,6 +318,9 @@ ol_submit_blocking(ol_state *st, ol_pyjob *job, int inline_ok)
     PyObject *res;
     int rc;
 
+    if (ol_orphans_pending()) {
+        ol_drain_orphans(); /* e.g. jobs abandoned by an earlier Ctrl-C */
+    }
     if (inline_ok) {
         /* A tiny job: cheaper here, GIL held, than a worker's wake-up. */
         ol_job_run_inline(&job->core);
@@ -344,6 +356,9 @@ ol_submit_blocking(ol_state *st, ol_pyjob *job, int inline_ok)
         ol_count.submitted++;
         rc = wait_blocking(job, &waiter);
         ol_waiter_destroy(&waiter);
+        if (rc == -2) {
+            return NULL; /* counted as cancelled when it is dropped */
+        }
         job->core.waiter = NULL;
         if (rc < 0) {
             ol_count.cancelled++;

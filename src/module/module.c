@@ -151,6 +151,38 @@ shutdown(PyObject *module, PyObject *arg)
     return PyBool_FromLong(rc == 0);
 }
 
+/* In gc.callbacks: at the start of every collection, let go of the
+ * running-loop cache (port_type.c's running_loop()), the one strong
+ * reference offloop keeps to a loop that is no longer running, so that a
+ * loop dropped without close() is collectable.  Refilled by the next call
+ * at the cost of one asyncio._get_running_loop(). */
+static PyObject *
+gc_started(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ol_state *st = ol_get_state(module);
+
+    st->loop_entry_loop = NULL;
+    Py_CLEAR(st->loop_entry);
+    Py_RETURN_NONE;
+}
+
+static int
+watch_gc(PyObject *module)
+{
+    static PyMethodDef def = {"_gc_started", (PyCFunction)(void (*)(void))
+                              gc_started, METH_FASTCALL,
+                              "gc callback: forget the running loop."};
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *callbacks = gc ? PyObject_GetAttrString(gc, "callbacks") : NULL;
+    PyObject *fn = callbacks ? PyCFunction_NewEx(&def, module, NULL) : NULL;
+    int rc = fn ? PyList_Append(callbacks, fn) : -1;
+
+    Py_XDECREF(fn);
+    Py_XDECREF(callbacks);
+    Py_XDECREF(gc);
+    return rc;
+}
+
 static PyMethodDef core_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure,
      METH_VARARGS | METH_KEYWORDS, configure_doc},
@@ -224,7 +256,8 @@ core_exec(PyObject *module)
         add_methods(module, ol_testing_methods) < 0 ||
         add_methods(module, ol_run_methods) < 0 ||
         add_methods(module, ol_vector_methods) < 0 ||
-        ol_run_module_init(module) < 0 || ol_capi_init(module) < 0) {
+        ol_run_module_init(module) < 0 || ol_capi_init(module) < 0 ||
+        watch_gc(module) < 0) {
         return -1;
     }
     return 0;
@@ -244,7 +277,6 @@ core_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->CancelledError);
     Py_VISIT(st->InvalidStateError);
     Py_VISIT(st->ports);
-    Py_VISIT(st->last_port);
     Py_VISIT(st->loop_entry);
     Py_VISIT(st->np_empty);
     Py_VISIT(st->np_float32);
@@ -258,7 +290,7 @@ core_clear(PyObject *module)
     ol_state *st = ol_get_state(module);
 
     st->last_loop = NULL;
-    Py_CLEAR(st->last_port);
+    st->last_port = NULL;
     st->loop_entry_loop = NULL;
     Py_CLEAR(st->loop_entry);
     if (st->ports != NULL) {

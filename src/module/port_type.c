@@ -4,14 +4,26 @@
  * registers the core port's fd with loop.add_reader().  Its reader callback
  * takes the whole done-list and resolves every job in one pass.
  *
- * The registry st->ports maps id(loop) to the Port; a Port holds only a
- * weak reference to its loop, so the registry never keeps a loop alive.
+ * Ownership.  The loop owns its Port (through the reader callback
+ * add_reader() keeps); the Port owns the jobs delivered to it and not yet
+ * resolved, and the jobs it holds back, and through them their futures,
+ * which own the loop.  The garbage collector sees that whole cycle
+ * (Port_traverse visits those futures), so a loop dropped without
+ * close() while finished jobs wait for it is collected with its Port, its
+ * fd and its jobs (dropped, counted), as asyncio.to_thread's would be.
+ * Nothing else holds a Port strongly: the registry st->ports maps
+ * id(loop) to the Port's address (int), and a Port removes its entry when
+ * it is freed; st->last_port is borrowed the same way.  A Port holds only
+ * a weak reference to its loop.  A job still queued or running holds its
+ * future, so its loop lives until the job is delivered.
+ *
  * Ports are released (reader removed first, then the fd closed) when their
- * loop is garbage-collected (weakref callback) or found closed by a sweep;
- * a sweep runs whenever a new port is made and from stats(), so a program
- * that makes a loop per test holds at most the ports of loops still open
- * plus the ones closed since the last sweep.  Jobs delivered to a released
- * port are dropped (counted, references released, futures untouched).
+ * loop is garbage-collected (weakref callback or the cycle's collection)
+ * or found closed by a sweep; a sweep runs whenever a new port is made and
+ * from stats(), so a program that makes a loop per test holds at most the
+ * ports of loops still open plus the ones closed since the last sweep.
+ * Jobs delivered to a released port are dropped (counted, references
+ * released, futures untouched).
  *
  * Backpressure: while the pool's queue is at max_queue, the loop's further
  * jobs wait here (held_head, oldest first) and the port registers with the
@@ -72,6 +84,47 @@ loop_is_closed(ol_state *st, PyObject *loop)
     closed = PyObject_IsTrue(r);
     Py_DECREF(r);
     return closed != 0;
+}
+
+/* The registry: id(loop) -> the Port's address.  Borrowed entries: a Port
+ * removes its own in unregister_port() before it is freed. */
+static OlPortObject *
+registry_get(ol_state *st, PyObject *key)
+{
+    PyObject *addr = PyDict_GetItemWithError(st->ports, key); /* borrowed */
+
+    return addr == NULL ? NULL : (OlPortObject *)PyLong_AsVoidPtr(addr);
+}
+
+static int
+registry_set(ol_state *st, PyObject *key, OlPortObject *port)
+{
+    PyObject *addr = PyLong_FromVoidPtr(port);
+    int rc = addr == NULL ? -1 : PyDict_SetItem(st->ports, key, addr);
+
+    Py_XDECREF(addr);
+    return rc;
+}
+
+/* Forget every borrowed pointer to this Port. */
+static void
+unregister_port(ol_state *st, OlPortObject *self)
+{
+    if (st->last_port == (PyObject *)self) {
+        st->last_loop = NULL;
+        st->last_port = NULL;
+    }
+    if (st->ports == NULL || self->key == NULL) {
+        return;
+    }
+    if (registry_get(st, self->key) == self) {
+        if (PyDict_DelItem(st->ports, self->key) < 0) {
+            PyErr_Clear();
+        }
+    }
+    else if (PyErr_Occurred()) {
+        PyErr_Clear();
+    }
 }
 
 static void
@@ -156,6 +209,7 @@ port_release(ol_state *st, OlPortObject *self)
     ol_port_t *port = self->port;
     PyObject *loop = port_loop(self);
 
+    unregister_port(st, self);
     if (port == NULL) {
         return;
     }
@@ -169,10 +223,6 @@ port_release(ol_state *st, OlPortObject *self)
         ol_port_forget(port);
         Py_CLEAR(self->loop_ref);
         return;
-    }
-    if (st->last_port == (PyObject *)self) {
-        st->last_loop = NULL;
-        Py_CLEAR(st->last_port);
     }
     if (self->generation != ol_fork_generation()) {
         ol_port_forget(port); /* the parent's: never touch its epoll */
@@ -232,18 +282,7 @@ Port_kick(PyObject *op, PyObject *unused)
 static PyObject *
 Port_loop_gone(PyObject *op, PyObject *weakref)
 {
-    ol_state *st = ol_get_state_by_type(Py_TYPE(op));
-    OlPortObject *self = PORT(op);
-    PyObject *key = Py_XNewRef(self->key);
-
-    port_release(st, self);
-    if (key != NULL) {
-        PyObject *cur = PyDict_GetItemWithError(st->ports, key);
-        if (cur == op && PyDict_DelItem(st->ports, key) < 0) {
-            PyErr_Clear();
-        }
-        Py_DECREF(key);
-    }
+    port_release(ol_get_state_by_type(Py_TYPE(op)), PORT(op));
     Py_RETURN_NONE;
 }
 
@@ -281,16 +320,17 @@ ol_ports_sweep(ol_state *st, int all)
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *pair = PyList_GET_ITEM(items, i);
-        PyObject *key = PyTuple_GET_ITEM(pair, 0);
-        OlPortObject *port = PORT(PyTuple_GET_ITEM(pair, 1));
-        PyObject *loop = port_loop(port);
+        OlPortObject *port = registry_get(st, PyTuple_GET_ITEM(pair, 0));
+        PyObject *loop;
 
+        if (port == NULL) { /* released by an earlier port's loop_gone */
+            PyErr_Clear();
+            continue;
+        }
+        loop = port_loop(port);
         if (all || loop == NULL || port->generation != ol_fork_generation() ||
             loop_is_closed(st, loop)) {
-            port_release(st, port);
-            if (PyDict_DelItem(st->ports, key) < 0) {
-                PyErr_Clear();
-            }
+            port_release(st, port); /* unregisters it */
         }
     }
     Py_DECREF(items);
@@ -398,7 +438,8 @@ running_loop(ol_state *st)
 PyObject *
 ol_port_for_running_loop(ol_state *st, PyObject **loop_out)
 {
-    PyObject *loop, *key, *port;
+    PyObject *loop, *key;
+    OlPortObject *port;
 
     loop = running_loop(st);
     if (loop == NULL) {
@@ -419,54 +460,83 @@ ol_port_for_running_loop(ol_state *st, PyObject **loop_out)
     if (key == NULL) {
         return NULL;
     }
-    port = PyDict_GetItemWithError(st->ports, key);
+    port = registry_get(st, key);
     if (port != NULL &&
-        (PORT(port)->port == NULL || port_loop(PORT(port)) != loop ||
-         PORT(port)->generation != ol_fork_generation())) {
+        (port->port == NULL || port_loop(port) != loop ||
+         port->generation != ol_fork_generation())) {
         /* A loop that died at this address, or a port from before fork. */
-        port_release(st, PORT(port));
-        if (PyDict_DelItem(st->ports, key) < 0) {
-            goto error;
-        }
+        port_release(st, port);
         port = NULL;
     }
     if (port == NULL) {
+        PyObject *made;
+
         if (PyErr_Occurred()) {
             goto error;
         }
         ol_drain_orphans();
         ol_ports_sweep(st, 0);
-        port = port_new(st, loop, key);
-        if (port == NULL) {
+        made = port_new(st, loop, key);
+        if (made == NULL) {
             goto error;
         }
-        if (PyDict_SetItem(st->ports, key, port) < 0) {
-            port_release(st, PORT(port));
-            Py_DECREF(port);
+        port = PORT(made);
+        if (registry_set(st, key, port) < 0) {
+            port_release(st, port);
+            Py_DECREF(made);
             goto error;
         }
-        Py_DECREF(port); /* the registry holds it */
+        /* The loop holds it now, through the reader callback. */
+        Py_DECREF(made);
     }
     Py_DECREF(key);
     st->last_loop = loop;
-    Py_XSETREF(st->last_port, Py_NewRef(port));
-    return port;
+    st->last_port = (PyObject *)port; /* borrowed: see unregister_port() */
+    return (PyObject *)port;
 
 error:
     Py_DECREF(key);
     return NULL;
 }
 
+struct visit_args {
+    visitproc visit;
+    void *arg;
+};
+
+static int
+visit_future(ol_job_t *job, void *varg)
+{
+    struct visit_args *a = varg;
+    PyObject *fut = ((ol_pyjob *)job)->future;
+
+    return fut == NULL ? 0 : a->visit(fut, a->arg);
+}
+
 static int
 Port_traverse(PyObject *op, visitproc visit, void *arg)
 {
     OlPortObject *self = PORT(op);
+    struct visit_args a = {visit, arg};
+    int rc;
 
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->loop_ref);
     Py_VISIT(self->on_readable);
     Py_VISIT(self->kick);
-    return 0;
+    /* What this Port owns: the futures of its delivered and held jobs
+     * (see Ownership above).  A port inherited across fork() is skipped:
+     * its lock may have been held by a parent's thread. */
+    if (self->port == NULL || self->generation != ol_fork_generation()) {
+        return 0;
+    }
+    for (ol_pyjob *job = self->held_head; job != NULL;
+         job = (ol_pyjob *)job->core.done_next) {
+        if ((rc = visit_future(&job->core, &a)) != 0) {
+            return rc;
+        }
+    }
+    return ol_port_visit(self->port, visit_future, &a);
 }
 
 static int
@@ -474,6 +544,8 @@ Port_clear(PyObject *op)
 {
     OlPortObject *self = PORT(op);
 
+    /* A collected cycle: drop the jobs, which lets go of their futures. */
+    port_release(ol_get_state_by_type(Py_TYPE(op)), self);
     Py_CLEAR(self->loop_ref);
     Py_CLEAR(self->on_readable);
     Py_CLEAR(self->kick);
@@ -487,9 +559,6 @@ Port_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
 
     PyObject_GC_UnTrack(op);
-    if (PORT(op)->port != NULL) {
-        port_release(ol_get_state_by_type(tp), PORT(op));
-    }
     (void)Port_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);

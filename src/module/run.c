@@ -97,7 +97,8 @@ run_release(ol_pyjob *job)
 static const ol_jobkind run_kind = {.name = "run",
                                     .work = run_work,
                                     .complete = run_complete,
-                                    .release = run_release};
+                                    .release = run_release,
+                                    .unstoppable = 1};
 
 static ol_pyjob *
 run_job(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
