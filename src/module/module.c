@@ -232,10 +232,33 @@ done:
     return rc;
 }
 
+/* The pool, its workers' thread states, the shutdown flag and the fork
+ * handlers are process-wide and belong to the main interpreter: a second
+ * interpreter importing offloop would overwrite them (its workers would
+ * run the main interpreter's callables in the wrong interpreter, and its
+ * exit would shut the pool down for everyone).  Refuse, before anything
+ * is touched; the main interpreter is then never affected. */
+static int
+refuse_subinterpreters(void)
+{
+    if (PyInterpreterState_Get() == PyInterpreterState_Main()) {
+        return 0;
+    }
+    PyErr_SetString(PyExc_ImportError,
+                    "offloop cannot be imported in a subinterpreter: its "
+                    "thread pool is process-wide and serves the main "
+                    "interpreter only");
+    return -1;
+}
+
 static int
 core_exec(PyObject *module)
 {
     ol_state *st = ol_get_state(module);
+
+    if (refuse_subinterpreters() < 0) {
+        return -1;
+    }
 
     INTERN(str_add_reader, "add_reader");
     INTERN(str_remove_reader, "remove_reader");
@@ -326,6 +349,9 @@ core_free(void *module)
 
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
+#ifdef Py_mod_multiple_interpreters /* 3.12+: refused before exec, too */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
     {0, NULL},
 };
 
