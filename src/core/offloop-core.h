@@ -38,6 +38,25 @@ typedef int (*ol_work_cb)(ol_job_t *job, size_t chunk);
  * the job was not cancelled (e.g. to merge per-chunk results). */
 typedef int (*ol_finish_cb)(ol_job_t *job);
 
+/* What may share a run (coalescing).  Jobs whose keys are equal (same
+ * non-NULL tag, same words) and that wait in the queue together may be
+ * taken by one worker as one batch: the first (the leader) runs its
+ * chunks once for every member, and each member is still delivered on
+ * its own (its port or waiter), with its own status.  A tag of NULL: the
+ * job always runs alone. */
+#define OL_BATCH_KEY_WORDS 6
+typedef struct {
+    const void *tag; /* e.g. the job kind; NULL: never batched */
+    uint64_t words[OL_BATCH_KEY_WORDS];
+    size_t max;      /* members at most, leader included (0: the pool's) */
+} ol_batch_key_t;
+
+/* Called once on the worker that formed a batch of two or more, before
+ * any chunk of the leader runs, without locks: prepare the shared run
+ * (e.g. gather the members' inputs).  Returns 0 or a negative errno,
+ * which then ends every member with that error. */
+typedef int (*ol_batch_begin_cb)(ol_job_t *leader);
+
 /* Job state, guarded by the pool lock. */
 enum {
     OL_JOB_NEW = 0,  /* not submitted */
@@ -63,6 +82,17 @@ struct ol_job_s {
      * job ends, and by ol_job_abandon(). */
     _Atomic(ol_waiter_t *) waiter;
     unsigned generation;  /* fork generation at submit */
+    ol_batch_key_t batch; /* tag NULL (zeroed): runs alone */
+    ol_batch_begin_cb batch_begin; /* may be NULL */
+
+    /* The batch, formed under the pool lock when the leader is taken and
+     * read-only from then on.  Leader: batch_size = 1 + members, linked
+     * from batch_next in queue order.  Member: batch_member = 1, linked
+     * from the leader.  Work and finish callbacks of the leader read the
+     * members' payloads through this list. */
+    ol_job_t *batch_next;
+    size_t batch_size;
+    int batch_member;
 
     /* Guarded by the pool lock. */
     ol__qnode_t node;
@@ -103,12 +133,23 @@ typedef struct {
     uint64_t submitted;    /* jobs accepted by ol_pool_submit() */
     uint64_t started;      /* jobs whose first chunk ran */
     uint64_t chunks;       /* chunks run */
+    uint64_t batches;      /* runs that served two or more jobs */
+    uint64_t batched;      /* jobs delivered from such runs */
+    size_t max_batch;      /* 1: coalescing off */
 } ol_pool_stats_t;
 
 /* Set the pool size (threads >= 1) and queue bound (0: unbounded).  Safe
  * at any time from any thread: extra workers leave when idle, missing
  * ones start on the next submit.  Returns 0 or OL_EINVAL. */
 int ol_pool_configure(unsigned threads, size_t max_queue);
+
+/* The most jobs one batch may hold, leader included (default
+ * OL_DEFAULT_MAX_BATCH; 1 turns coalescing off).  Thread-safe; batches
+ * formed later use it.  Returns 0 or OL_EINVAL (0 or above
+ * OL_MAX_BATCH_LIMIT). */
+#define OL_DEFAULT_MAX_BATCH 64
+#define OL_MAX_BATCH_LIMIT 4096
+int ol_pool_set_max_batch(size_t max_batch);
 
 /* The default pool size: the CPUs this process may run on. */
 unsigned ol_default_threads(void);
@@ -130,6 +171,9 @@ void ol_pool_kick(void);
  * chunk), or if it was already delivered.  A job from before a fork is
  * left alone (returns 0). */
 int ol_job_cancel(ol_job_t *job);
+/* (A job inside a running batch, leader or member, is only flagged: it is
+ * still delivered, with OL_ECANCELED, when the batch ends, and the batch
+ * stops early only once every member is cancelled.) */
 
 /* A blocking caller stops waiting for a job a worker is inside (after
  * ol_job_cancel() returned 0), for work that cannot stop at a chunk

@@ -93,6 +93,9 @@ static struct {
     int stopping;             /* (lock) ol_pool_shutdown() was called */
     uint64_t submitted;       /* (lock) */
     uint64_t started;         /* (lock) */
+    size_t max_batch;         /* (lock) 1: coalescing off */
+    uint64_t batches;         /* (lock) batches of two or more formed */
+    uint64_t batched;         /* (lock) jobs taken in those batches */
     atomic_size_t pending;    /* queue length, for the spinner */
     atomic_int spinning;      /* a worker is spinning */
     atomic_long spin_ns;      /* current spin budget */
@@ -103,6 +106,7 @@ static struct {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .queue = {&pool.queue, &pool.queue},
     .spin_ns = OL_SPIN_MAX_NS,
+    .max_batch = OL_DEFAULT_MAX_BATCH,
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -312,6 +316,22 @@ set_status(ol_job_t *job, int err)
     atomic_compare_exchange_strong(&job->status, &expected, err);
 }
 
+/* The run should stop: the job is cancelled and, if it leads a batch,
+ * so is every member. */
+static int
+stopped(ol_job_t *job)
+{
+    if (!ol_job_cancelled(job)) {
+        return 0;
+    }
+    for (ol_job_t *m = job->batch_next; m != NULL; m = m->batch_next) {
+        if (!ol_job_cancelled(m)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Put the job back for an idle worker to join, if one is idle. */
 static void
 share(ol_job_t *job)
@@ -320,8 +340,7 @@ share(ol_job_t *job)
         return; /* every worker is busy: keep the lock free for submits */
     }
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    if (atomic_load(&pool.idle) > 0 && !job->in_queue &&
-        !ol_job_cancelled(job)) {
+    if (atomic_load(&pool.idle) > 0 && !job->in_queue && !stopped(job)) {
         queue_link(job, 1);
         OL__CHECK(pthread_cond_signal(&pool.work_cond));
     }
@@ -332,7 +351,7 @@ static void
 run_chunks(ol_job_t *job)
 {
     for (;;) {
-        if (ol_job_cancelled(job) || ol_job_status(job) != 0) {
+        if (stopped(job) || ol_job_status(job) != 0) {
             return;
         }
         size_t i = atomic_fetch_add(&job->next_chunk, 1);
@@ -350,21 +369,42 @@ run_chunks(ol_job_t *job)
     }
 }
 
-/* The job's last worker: settle its status, then deliver it. */
+static void deliver(ol_job_t *job);
+static void note_delivered(void);
+
+/* The job's last worker: settle its status, then deliver it, and every
+ * member of its batch (each with its own status: cancelled members get
+ * OL_ECANCELED, the others the run's outcome). */
 static void
 end_job(ol_job_t *job)
 {
-    if (ol_job_status(job) == 0 &&
-        (atomic_load(&job->next_chunk) < job->nchunks ||
-         ol_job_cancelled(job))) {
-        set_status(job, OL_ECANCELED); /* stopped, or cancelled in time */
+    ol_job_t *member = job->batch_next;
+    int err = ol_job_status(job);
+
+    if (err == 0 &&
+        (atomic_load(&job->next_chunk) < job->nchunks || stopped(job))) {
+        err = OL_ECANCELED; /* stopped, or cancelled in time */
     }
-    if (ol_job_status(job) == 0 && job->finish != NULL) {
-        int err = job->finish(job);
-        if (err != 0) {
-            set_status(job, err);
-        }
+    if (err == 0 && job->finish != NULL) {
+        err = job->finish(job);
     }
+    /* Members first: the leader's owner may free it (and what its
+     * payload shares with the members) once it is delivered. */
+    while (member != NULL) {
+        ol_job_t *next = member->batch_next;
+        set_status(member, ol_job_cancelled(member) ? OL_ECANCELED : err);
+        deliver(member); /* member may be freed by its owner from here */
+        note_delivered();
+        member = next;
+    }
+    set_status(job, ol_job_cancelled(job) ? OL_ECANCELED : err);
+    deliver(job);
+}
+
+/* Hand a finished job to its port or waiter. */
+static void
+deliver(ol_job_t *job)
+{
     if (job->port != NULL) {
         ol__port_push(job->port, job);
     }
@@ -497,23 +537,96 @@ must_leave(void)
     return pool.stopping || pool.alive > pool.target;
 }
 
+/* Pool lock held.  A queued job leaves the queue for a worker. */
+static void
+start_job(ol_job_t *job)
+{
+    job->state = OL_JOB_RUNNING;
+    pool.queued--;
+    atomic_fetch_add(&pool.running, 1);
+    pool.started++;
+}
+
+static int
+same_batch_key(const ol_job_t *a, const ol_job_t *b)
+{
+    return a->batch.tag == b->batch.tag &&
+           memcmp(a->batch.words, b->batch.words, sizeof(a->batch.words)) ==
+               0;
+}
+
+/* Pool lock held.  `leader` was just taken: take the queued jobs with its
+ * key along (queue order), up to the batch bound.  Returns 1 if a batch
+ * of two or more was formed.  The scan looks at BATCH_SCAN_MAX queue
+ * entries at most, which bounds the time the lock is held behind a long
+ * queue of other work. */
+#define BATCH_SCAN_MAX 4096
+static int
+form_batch(ol_job_t *leader)
+{
+    size_t max = pool.max_batch, seen = 0;
+    ol__qnode_t *n = pool.queue.next;
+    ol_job_t **tail = &leader->batch_next;
+
+    if (leader->batch.max != 0 && leader->batch.max < max) {
+        max = leader->batch.max;
+    }
+    while (n != &pool.queue && leader->batch_size < max &&
+           seen++ < BATCH_SCAN_MAX) {
+        ol_job_t *job = container_of(n, ol_job_t, node);
+        n = n->next;
+        if (job->state != OL_JOB_QUEUED || !same_batch_key(job, leader) ||
+            job->generation != leader->generation) {
+            continue;
+        }
+        queue_unlink(job);
+        start_job(job);
+        job->batch_member = 1;
+        *tail = job;
+        tail = &job->batch_next;
+        leader->batch_size++;
+    }
+    if (leader->batch_size < 2) {
+        return 0;
+    }
+    pool.batches++;
+    pool.batched += leader->batch_size;
+    return 1;
+}
+
 /* Pool lock held.  Pop the next job and count it as running; sets
- * *freed_slot when that freed a slot of a bounded queue. */
+ * *freed_slot when that freed a slot of a bounded queue, and *formed when
+ * the job leads a batch just formed (the caller then runs its
+ * batch_begin before any chunk). */
 static ol_job_t *
-take_job(int *freed_slot)
+take_job(int *freed_slot, int *formed)
 {
     ol_job_t *job = queue_pop();
 
     job->active++;
     *freed_slot = 0;
+    *formed = 0;
     if (job->state == OL_JOB_QUEUED) {
-        job->state = OL_JOB_RUNNING;
-        pool.queued--;
-        atomic_fetch_add(&pool.running, 1);
-        pool.started++;
+        start_job(job);
         *freed_slot = pool.max_queue != 0;
+        if (job->batch.tag != NULL && pool.max_batch > 1) {
+            *formed = form_batch(job);
+        }
     }
     return job;
+}
+
+/* Without locks, on the worker that formed the batch, before its chunks
+ * run (so before share() can show the leader to another worker). */
+static void
+begin_batch(ol_job_t *leader)
+{
+    if (leader->batch_begin != NULL) {
+        int err = leader->batch_begin(leader);
+        if (err != 0) {
+            set_status(leader, err);
+        }
+    }
 }
 
 /* Pool lock held.  This worker is done with the job: is it the last? */
@@ -556,8 +669,8 @@ worker(void *arg)
         if (must_leave()) {
             break;
         }
-        int freed_slot;
-        ol_job_t *job = take_job(&freed_slot);
+        int freed_slot, formed;
+        ol_job_t *job = take_job(&freed_slot, &formed);
         OL__CHECK(pthread_mutex_unlock(&pool.lock));
         /* Back to back: leaving one job and taking the next is one turn
          * of the lock, which small jobs feel. */
@@ -565,12 +678,15 @@ worker(void *arg)
             if (freed_slot) {
                 note_space();
             }
+            if (formed) {
+                begin_batch(job);
+            }
             run_chunks(job);
             OL__CHECK(pthread_mutex_lock(&pool.lock));
             int last = leave_job(job);
             ol_job_t *next = NULL;
             if (!queue_empty() && !must_leave()) {
-                next = take_job(&freed_slot);
+                next = take_job(&freed_slot, &formed);
             }
             OL__CHECK(pthread_mutex_unlock(&pool.lock));
             if (last) {
@@ -642,6 +758,19 @@ ol_pool_configure(unsigned threads, size_t max_queue)
 }
 
 int
+ol_pool_set_max_batch(size_t max_batch)
+{
+    if (max_batch == 0 || max_batch > OL_MAX_BATCH_LIMIT) {
+        return OL_EINVAL;
+    }
+    OL__CHECK(pthread_once(&init_once, init));
+    OL__CHECK(pthread_mutex_lock(&pool.lock));
+    pool.max_batch = max_batch;
+    OL__CHECK(pthread_mutex_unlock(&pool.lock));
+    return 0;
+}
+
+int
 ol_pool_submit(ol_job_t *job, int defer_wake)
 {
     int rc = 0;
@@ -653,6 +782,9 @@ ol_pool_submit(ol_job_t *job, int defer_wake)
     job->generation = atomic_load(&pool.generation);
     job->state = OL_JOB_QUEUED;
     job->active = 0;
+    job->batch_next = NULL;
+    job->batch_size = 1;
+    job->batch_member = 0;
     atomic_store_explicit(&job->cancel, 0, memory_order_relaxed);
     atomic_store_explicit(&job->status, 0, memory_order_relaxed);
     atomic_store_explicit(&job->next_chunk, 0, memory_order_relaxed);
@@ -724,7 +856,12 @@ ol_job_cancel(ol_job_t *job)
         return 0;
     }
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    if (job->state == OL_JOB_QUEUED || job->state == OL_JOB_RUNNING) {
+    if (job->state == OL_JOB_RUNNING &&
+        (job->batch_member || job->batch_size > 1)) {
+        /* Inside a running batch: delivered when the batch ends. */
+        atomic_store(&job->cancel, 1);
+    }
+    else if (job->state == OL_JOB_QUEUED || job->state == OL_JOB_RUNNING) {
         atomic_store(&job->cancel, 1);
         if (job->in_queue) {
             queue_unlink(job);
@@ -874,6 +1011,9 @@ ol_pool_stats(ol_pool_stats_t *out)
     out->running = atomic_load(&pool.running);
     out->submitted = pool.submitted;
     out->started = pool.started;
+    out->batches = pool.batches;
+    out->batched = pool.batched;
+    out->max_batch = pool.max_batch;
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     out->chunks = atomic_load(&pool.chunks);
 }

@@ -150,6 +150,7 @@ void ol_ports_sweep(ol_state *st, int all);
 extern PyMethodDef ol_testing_methods[];
 extern PyMethodDef ol_run_methods[];
 extern PyMethodDef ol_vector_methods[];
+extern PyMethodDef ol_vector_testing_methods[];
 
 /* capi.c: the capsule behind include/offloop.h. */
 int ol_capi_init(PyObject *module);

@@ -50,23 +50,35 @@ parse_count(PyObject *obj, const char *name, long long minimum,
 }
 
 PyDoc_STRVAR(configure_doc,
-             "configure($module, /, threads=None, max_queue=None)\n--\n\n"
-             "Set the pool size (None: one thread per CPU) and the queue "
-             "bound (None: unbounded).");
+             "configure($module, /, threads=None, max_queue=None, *, "
+             "max_batch=None)\n--\n\n"
+             "Set the pool size (None: one thread per CPU), the queue "
+             "bound (None: unbounded) and the most calls one coalesced "
+             "run may serve (None: 64; 1 turns coalescing off).");
 
 static PyObject *
 configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"threads", "max_queue", NULL};
+    static char *kwlist[] = {"threads", "max_queue", "max_batch", NULL};
     PyObject *threads_obj = NULL, *max_queue_obj = NULL;
+    PyObject *max_batch_obj = NULL;
     unsigned long long threads = ol_default_threads(), max_queue = 0;
+    unsigned long long max_batch = OL_DEFAULT_MAX_BATCH;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:configure", kwlist,
-                                     &threads_obj, &max_queue_obj)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO$O:configure", kwlist,
+                                     &threads_obj, &max_queue_obj,
+                                     &max_batch_obj)) {
         return NULL;
     }
     if (parse_count(threads_obj, "threads", 1, &threads) < 0 ||
-        parse_count(max_queue_obj, "max_queue", 1, &max_queue) < 0) {
+        parse_count(max_queue_obj, "max_queue", 1, &max_queue) < 0 ||
+        parse_count(max_batch_obj, "max_batch", 1, &max_batch) < 0) {
+        return NULL;
+    }
+    if (max_batch > OL_MAX_BATCH_LIMIT) {
+        PyErr_Format(PyExc_ValueError,
+                     "configure(): max_batch must be at most %d, got %R",
+                     OL_MAX_BATCH_LIMIT, max_batch_obj);
         return NULL;
     }
     if (threads > 4096) {
@@ -75,7 +87,8 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
                      threads_obj);
         return NULL;
     }
-    if (ol_pool_configure((unsigned)threads, (size_t)max_queue) < 0) {
+    if (ol_pool_configure((unsigned)threads, (size_t)max_queue) < 0 ||
+        ol_pool_set_max_batch((size_t)max_batch) < 0) {
         return ol_set_pyerr(ol_get_state(module), OL_EINVAL);
     }
     Py_RETURN_NONE;
@@ -117,6 +130,9 @@ stats(PyObject *module, PyObject *unused)
         put(d, "submitted", ol_count.submitted) < 0 ||
         put(d, "started", ps.started) < 0 ||
         put(d, "chunks", ps.chunks) < 0 ||
+        put(d, "batches", ps.batches) < 0 ||
+        put(d, "batched", ps.batched) < 0 ||
+        put(d, "max_batch", ps.max_batch) < 0 ||
         put(d, "completed", ol_count.completed) < 0 ||
         put(d, "failed", ol_count.failed) < 0 ||
         put(d, "cancelled", ol_count.cancelled) < 0 ||
@@ -279,6 +295,7 @@ core_exec(PyObject *module)
         add_methods(module, ol_testing_methods) < 0 ||
         add_methods(module, ol_run_methods) < 0 ||
         add_methods(module, ol_vector_methods) < 0 ||
+        add_methods(module, ol_vector_testing_methods) < 0 ||
         ol_run_module_init(module) < 0 || ol_capi_init(module) < 0 ||
         watch_gc(module) < 0) {
         return -1;

@@ -33,169 +33,10 @@
  */
 #include "binding.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "kernels.h"
-#include "vec_args.h"
-
-/* A gate for tests (_hold_normalize_chunks): lets `allowed` batch_normalize
- * chunks start, then holds each later one at its start until the test
- * opens the gate, so that a test can cancel a big job at a known point
- * instead of racing the workers.  `lock` protects `allowed`; `armed` is
- * atomic so that the untested path costs one relaxed load per chunk. */
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t opened;
-    atomic_int armed;
-    long allowed;
-} normalize_gate = {.lock = PTHREAD_MUTEX_INITIALIZER,
-                  .opened = PTHREAD_COND_INITIALIZER};
-
-static void
-pass_normalize_gate(void)
-{
-    if (!atomic_load_explicit(&normalize_gate.armed, memory_order_relaxed)) {
-        return;
-    }
-    pthread_mutex_lock(&normalize_gate.lock);
-    while (atomic_load(&normalize_gate.armed) && normalize_gate.allowed == 0) {
-        pthread_cond_wait(&normalize_gate.opened, &normalize_gate.lock);
-    }
-    if (atomic_load(&normalize_gate.armed)) {
-        normalize_gate.allowed--;
-    }
-    pthread_mutex_unlock(&normalize_gate.lock);
-}
-
-/* Work (multiply-adds) up to which a call runs inline on the loop
- * thread: about 5 us of one core, well under a pool round trip. */
-#define INLINE_WORK (1u << 16)
-/* Rows of m per chunk: about this many bytes. */
-#define CHUNK_BYTES (256u * 1024u)
-/* Queries per chunk: at most this many bytes of q, and at most
- * QBLOCK_MAX (their inverse norms live on the worker's stack). */
-#define QBLOCK_BYTES (256u * 1024u)
-#define QBLOCK_MAX 256u
-/* Split big calls into at least this many chunks per worker, so a
- * worker slowed by a neighbour does not hold up the others. */
-#define CHUNKS_PER_WORKER 4u
-/* top_k: entries of partial lists (rows blocks x queries x k) kept
- * before the row blocks are made coarser (12 bytes an entry). */
-#define TOPK_PARTIAL_MAX (1u << 18)
-
-typedef struct {
-    vec_buf in[2];     /* (a, b), (x), (q, m) */
-    vec_buf out[2];    /* normalized rows; scores; (scores, indices) */
-    PyObject *result;  /* strong: what complete() returns, or NULL */
-    size_t nq, n, d;   /* queries, rows, dimensions */
-    size_t qb, qblocks; /* queries per chunk, query blocks */
-    size_t rb, rblocks; /* rows per chunk, row blocks */
-    size_t k;
-    int normalized;
-    double value;      /* cosine_similarity */
-    ol_topk *lists;    /* top_k: rblocks x nq partial lists (malloc) */
-    void *storage;     /* their entries (malloc): indices, then scores */
-    int64_t *pindices; /* into storage, k per list */
-    float *pscores;
-} vec_payload;
-
-#define PAYLOAD(job) OL_PAYLOAD((ol_pyjob *)(job), vec_payload)
-
-/* True if the call is small enough to run inline. */
-static int
-tiny(size_t nq, size_t n, size_t d)
-{
-    size_t w;
-
-    return !__builtin_mul_overflow(nq, n, &w) &&
-           !__builtin_mul_overflow(w, d, &w) && w <= INLINE_WORK;
-}
-
-static size_t
-ceil_div(size_t a, size_t b)
-{
-    return a / b + (a % b != 0);
-}
-
-/* The pool size, read at most every 100 ms: ol_pool_stats() takes the
- * pool lock, which busy workers take per chunk, and a loop thread waiting
- * for it behind a preempted worker is lag.  A stale value after
- * configure() only makes the chunks a little too big or too small.  GIL
- * held (the cache is a plain static). */
-static size_t
-pool_threads(void)
-{
-    static size_t threads;
-    static struct timespec last;
-    struct timespec now;
-    ol_pool_stats_t ps;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (threads == 0 || now.tv_sec - last.tv_sec > 1 ||
-        (now.tv_sec - last.tv_sec) * 1000000000L + now.tv_nsec -
-                last.tv_nsec > 100000000L) {
-        ol_pool_stats(&ps);
-        threads = ps.threads ? ps.threads : 1;
-        last = now;
-    }
-    return threads;
-}
-
-/* Cut nq queries x n rows of d floats into chunks.  `entries_per_row_block`
- * is the top-k partial-list cost of one row block (0: none). */
-static void
-plan(vec_payload *p, int inline_run, size_t entries_per_row_block)
-{
-    size_t min_chunks, rmin, row_bytes = p->d * sizeof(float);
-
-    if (inline_run) {
-        p->qb = p->nq;
-        p->qblocks = 1;
-        p->rb = p->n;
-        p->rblocks = 1;
-        return;
-    }
-    min_chunks = pool_threads() * CHUNKS_PER_WORKER;
-    p->qb = QBLOCK_BYTES / row_bytes;
-    p->qb = p->qb < 1 ? 1 : p->qb > QBLOCK_MAX ? QBLOCK_MAX : p->qb;
-    p->qb = p->qb > p->nq ? p->nq : p->qb;
-    p->qblocks = ceil_div(p->nq, p->qb);
-
-    p->rb = CHUNK_BYTES / row_bytes;
-    p->rblocks = ceil_div(p->n, p->rb ? p->rb : 1);
-    if (entries_per_row_block > 0 &&
-        p->rblocks > TOPK_PARTIAL_MAX / entries_per_row_block) {
-        p->rblocks = TOPK_PARTIAL_MAX / entries_per_row_block;
-    }
-    /* Enough chunks for every worker, even past the partial-list budget:
-     * idle workers cost more than a few more lists. */
-    rmin = ceil_div(min_chunks, p->qblocks);
-    if (p->rblocks < rmin) {
-        p->rblocks = rmin;
-    }
-    if (p->rblocks > p->n) {
-        p->rblocks = p->n;
-    }
-    p->rb = ceil_div(p->n, p->rblocks);
-    p->rblocks = ceil_div(p->n, p->rb);
-}
-
-/* Chunk `c` -> its rows [*r0, *r1) and queries [*q0, *q1). */
-static void
-chunk_range(const vec_payload *p, size_t c, size_t *r0, size_t *r1,
-            size_t *q0, size_t *q1)
-{
-    size_t rblock = c / p->qblocks, qblock = c % p->qblocks;
-
-    *r0 = rblock * p->rb;
-    *r1 = *r0 + p->rb < p->n ? *r0 + p->rb : p->n;
-    *q0 = qblock * p->qb;
-    *q1 = *q0 + p->qb < p->nq ? *q0 + p->qb : p->nq;
-}
+#include "vectors.h"
 
 /* ---- kinds --------------------------------------------------------- */
 
@@ -209,6 +50,7 @@ vec_release(ol_pyjob *job)
     vec_buf_release(&p->out[0]);
     vec_buf_release(&p->out[1]);
     Py_CLEAR(p->result);
+    vec_batch_release(p);
     free(p->lists);
     free(p->storage);
     p->lists = NULL;
@@ -247,8 +89,8 @@ normalize_work(ol_job_t *job, size_t chunk)
     vec_payload *p = PAYLOAD(job);
     size_t r0, r1, q0, q1;
 
-    pass_normalize_gate();
-    chunk_range(p, chunk, &r0, &r1, &q0, &q1);
+    vec_pass_normalize_gate();
+    vec_chunk_range(p, chunk, &r0, &r1, &q0, &q1);
     ol_normalize_rows_f32(p->in[0].data, p->out[0].data, p->d, r0, r1);
     return 0;
 }
@@ -268,7 +110,7 @@ scan_chunk(vec_payload *p, size_t chunk, int topk)
     size_t r0, r1, q0, q1, i;
     ol_topk *lists = NULL;
 
-    chunk_range(p, chunk, &r0, &r1, &q0, &q1);
+    vec_chunk_range(p, chunk, &r0, &r1, &q0, &q1);
     if (q1 - q0 > QBLOCK_MAX) { /* only inline calls have such blocks */
         inv = malloc((q1 - q0) * sizeof(float));
         if (inv == NULL) {
@@ -304,7 +146,9 @@ scan_chunk(vec_payload *p, size_t chunk, int topk)
 static int
 sims_work(ol_job_t *job, size_t chunk)
 {
-    return scan_chunk(PAYLOAD(job), chunk, 0);
+    vec_payload *p = PAYLOAD(job);
+
+    return p->batch ? vec_batch_work(p, chunk, 0) : scan_chunk(p, chunk, 0);
 }
 
 static const ol_jobkind sims_kind = {.name = "cosine_similarities",
@@ -315,7 +159,9 @@ static const ol_jobkind sims_kind = {.name = "cosine_similarities",
 static int
 topk_work(ol_job_t *job, size_t chunk)
 {
-    return scan_chunk(PAYLOAD(job), chunk, 1);
+    vec_payload *p = PAYLOAD(job);
+
+    return p->batch ? vec_batch_work(p, chunk, 1) : scan_chunk(p, chunk, 1);
 }
 
 /* On the last worker: merge each query's row-block lists into the first,
@@ -328,6 +174,9 @@ topk_finish(ol_job_t *job)
     int64_t *indices = (int64_t *)(void *)p->out[1].data;
     size_t i, r;
 
+    if (p->batch != NULL) {
+        return vec_batch_finish(p);
+    }
     for (i = 0; i < p->nq; i++) {
         ol_topk *dst = &p->lists[i];
         for (r = 1; r < p->rblocks; r++) {
@@ -354,9 +203,13 @@ static PyObject *
 submit(ol_state *st, ol_pyjob *job, int blocking)
 {
     vec_payload *p = OL_PAYLOAD(job, vec_payload);
-    int inline_run = p->qblocks * p->rblocks == 1 && tiny(p->nq, p->n, p->d);
+    int inline_run = p->qblocks * p->rblocks == 1 && vec_tiny(p->nq, p->n, p->d);
 
     job->core.nchunks = p->qblocks * p->rblocks;
+    if (!inline_run &&
+        (job->kind == &topk_kind || job->kind == &sims_kind)) {
+        vec_make_batchable(job, job->kind);
+    }
     return blocking ? ol_submit_blocking(st, job, inline_run)
                     : ol_submit_async(st, job, inline_run);
 }
@@ -500,7 +353,7 @@ normalize_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     p->nq = 1;
     p->n = x->rows;
     p->d = x->cols;
-    plan(p, tiny(1, p->n, p->d), 0);
+    vec_plan(p, vec_tiny(1, p->n, p->d), 0);
     return submit(st, job, blocking);
 
 error:
@@ -584,7 +437,7 @@ sims_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                        p->in[0].ndim, p->nq, p->n) < 0) {
         goto error;
     }
-    plan(p, tiny(p->nq, p->n, p->d), 0);
+    vec_plan(p, vec_tiny(p->nq, p->n, p->d), 0);
     return submit(st, job, blocking);
 
 error:
@@ -732,7 +585,7 @@ topk_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     per_block = __builtin_mul_overflow(p->nq, p->k, &per_block)
                     ? TOPK_PARTIAL_MAX
                     : per_block;
-    plan(p, tiny(p->nq, p->n, p->d), per_block ? per_block : 1);
+    vec_plan(p, vec_tiny(p->nq, p->n, p->d), per_block ? per_block : 1);
     if (topk_alloc(st, p, p->in[0].ndim, fname) < 0) {
         goto error;
     }
@@ -757,72 +610,6 @@ top_k_blocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return topk_impl(module, args, nargs, kwnames, 1);
 }
 
-/* ---- ISA switch (tests, benchmarks) -------------------------------- */
-
-static PyObject *
-set_isa(PyObject *module, PyObject *arg)
-{
-    static const ol_isa all[] = {OL_ISA_SCALAR, OL_ISA_AVX2, OL_ISA_AVX512};
-    ol_isa prev = ol_kernels_isa();
-    size_t i;
-
-    if (!PyUnicode_Check(arg)) {
-        PyErr_Format(PyExc_TypeError,
-                     "_set_isa(): name must be a str, not %.100s",
-                     Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
-    for (i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-        if (PyUnicode_CompareWithASCIIString(arg, ol_isa_name(all[i])) ==
-            0) {
-            if (ol_kernels_force(all[i]) < 0) {
-                PyErr_Format(PyExc_ValueError,
-                             "_set_isa(): this CPU or build cannot run %R",
-                             arg);
-                return NULL;
-            }
-            return PyUnicode_FromString(ol_isa_name(prev));
-        }
-    }
-    PyErr_Format(PyExc_ValueError,
-                 "_set_isa(): name must be 'scalar', 'avx2' or 'avx512', "
-                 "got %R",
-                 arg);
-    return NULL;
-}
-
-static PyObject *
-get_isa(PyObject *module, PyObject *unused)
-{
-    return PyUnicode_FromString(ol_isa_name(ol_kernels_isa()));
-}
-
-/* _hold_normalize_chunks(n): let n chunks start, hold the rest; None opens
- * the gate. */
-static PyObject *
-hold_normalize_chunks(PyObject *module, PyObject *arg)
-{
-    long allowed = -1;
-
-    if (arg != Py_None) {
-        allowed = PyLong_AsLong(arg);
-        if (allowed == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (allowed < 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "_hold_normalize_chunks(): n must be >= 0");
-            return NULL;
-        }
-    }
-    pthread_mutex_lock(&normalize_gate.lock);
-    normalize_gate.allowed = allowed;
-    atomic_store(&normalize_gate.armed, allowed >= 0);
-    pthread_cond_broadcast(&normalize_gate.opened);
-    pthread_mutex_unlock(&normalize_gate.lock);
-    Py_RETURN_NONE;
-}
-
 #include "vectors_doc.h"
 
 #define FASTCALL(fn) ((PyCFunction)(void (*)(void))(fn))
@@ -844,13 +631,5 @@ PyMethodDef ol_vector_methods[] = {
     {"top_k", FASTCALL(top_k), FASTKW, top_k_doc},
     {"top_k_blocking", FASTCALL(top_k_blocking), FASTKW,
      top_k_blocking_doc},
-    {"_set_isa", set_isa, METH_O,
-     "_set_isa($module, name, /)\n--\n\nForce the kernels' ISA ('scalar', "
-     "'avx2', 'avx512'); returns the previous one.  Tests only."},
-    {"_isa", get_isa, METH_NOARGS,
-     "_isa($module, /)\n--\n\nThe kernels' ISA in use."},
-    {"_hold_normalize_chunks", hold_normalize_chunks, METH_O,
-     "_hold_normalize_chunks($module, n, /)\n--\n\nLet n batch_normalize "
-     "chunks start and hold the later ones; None lets all go.  Tests only."},
     {NULL, NULL, 0, NULL},
 };
