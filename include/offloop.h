@@ -92,6 +92,17 @@ typedef int (*offloop_execute_fn)(void *ctx, const offloop_cancel_t *cancel);
 typedef int (*offloop_execute_chunk_fn)(void *ctx, size_t chunk,
                                         const offloop_cancel_t *cancel);
 
+/* The work of a batch, on a pool worker without the GIL: ctxs[0..n) are
+ * the contexts of n jobs submitted with offloop_submit_batch() with the
+ * same execute_batch and key, that waited in the queue together (n may
+ * be 1).  Do each one's work; each job's complete(ctx) then runs on its
+ * own loop or blocking caller.  A non-zero return fails every job of the
+ * batch (each complete() still runs, as for offloop_execute_fn).
+ * offloop_cancelled(cancel) turns true once every job of the batch is
+ * cancelled. */
+typedef int (*offloop_execute_batch_fn)(void *const *ctxs, size_t n,
+                                        const offloop_cancel_t *cancel);
+
 /* With the GIL, after the last chunk: the job's result (a new reference),
  * or NULL with an exception set.  Runs on the event loop's thread for an
  * awaitable job, in the waiting thread for a blocking one.  Returning NULL
@@ -127,6 +138,12 @@ typedef struct {
                                offloop_release_fn release, void *ctx,
                                int blocking);
     int (*cancelled)(const offloop_cancel_t *cancel);
+    /* Appended in offloop 0.2: providers of this header have it. */
+    PyObject *(*submit_batch)(offloop_execute_batch_fn execute_batch,
+                              unsigned long long key,
+                              offloop_complete_fn complete,
+                              offloop_release_fn release, void *ctx,
+                              int blocking);
 } offloop_capi;
 
 /* This translation unit's copy of the table; set by offloop_import(). */
@@ -243,6 +260,44 @@ offloop_submit_chunks_blocking(size_t nchunks,
     }
     return offloop__api->submit_chunks(nchunks, execute_chunk, complete,
                                        release, ctx, 1);
+}
+
+/* As offloop_submit(), for work that is cheaper done for many callers at
+ * once (a model's forward pass, a scan over shared data): jobs with the
+ * same execute_batch and `key` that wait in the queue together run as one
+ * execute_batch(ctxs, n, cancel) call (at most offloop's max_batch, 64 by
+ * default: offloop.configure(max_batch=...)).  Nothing waits for a batch
+ * to fill: a job that finds no companion runs at once, alone (n = 1).
+ * Each job is still cancelled, completed and released on its own: a job
+ * cancelled while queued never reaches execute_batch; one cancelled after
+ * its batch started has its result discarded.  Choose `key` so that jobs
+ * with equal keys can share a run (e.g. the address of the shared data,
+ * kept alive by every ctx). */
+static inline PyObject *
+offloop_submit_batch(offloop_execute_batch_fn execute_batch,
+                     unsigned long long key, offloop_complete_fn complete,
+                     offloop_release_fn release, void *ctx)
+{
+    if (offloop__api == NULL) {
+        return offloop__not_imported(release, ctx);
+    }
+    return offloop__api->submit_batch(execute_batch, key, complete, release,
+                                      ctx, 0);
+}
+
+/* As offloop_submit_blocking(), for batchable work: a blocking caller's
+ * job joins batches with awaitable ones. */
+static inline PyObject *
+offloop_submit_batch_blocking(offloop_execute_batch_fn execute_batch,
+                              unsigned long long key,
+                              offloop_complete_fn complete,
+                              offloop_release_fn release, void *ctx)
+{
+    if (offloop__api == NULL) {
+        return offloop__not_imported(release, ctx);
+    }
+    return offloop__api->submit_batch(execute_batch, key, complete, release,
+                                      ctx, 1);
 }
 
 /* True (non-zero) once the job should stop: its future or awaiting task

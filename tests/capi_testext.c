@@ -232,6 +232,63 @@ chunks(PyObject *module, PyObject *args)
                                             complete, release, ctx);
 }
 
+/* Batchable jobs: the batch's execute records its size in every ctx
+ * (result = value * 10 + n, with the batch size n < 10 in the tests) and
+ * fails the whole batch if any ctx asks for it. */
+static atomic_int batch_runs; /* execute_batch calls */
+
+static int
+execute_batch(void *const *ctxs, size_t n, const offloop_cancel_t *cancel)
+{
+    int fail = 0;
+
+    atomic_fetch_add(&batch_runs, 1);
+    for (size_t i = 0; i < n; i++) {
+        fail |= ((ctx_t *)ctxs[i])->mode == MODE_EXECUTE_FAILS;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ctx_t *ctx = ctxs[i];
+        ctx->result = fail ? -9 : (int)(ctx->seconds * 10) + (int)n;
+    }
+    return fail ? 9 : 0;
+}
+
+static PyObject *
+batch_complete(void *p)
+{
+    ctx_t *ctx = p;
+
+    if (ctx->result < 0) { /* the batch failed: complete still runs */
+        return PyErr_Format(PyExc_RuntimeError, "batch failed (%d)",
+                            ctx->result);
+    }
+    return PyLong_FromLong(ctx->result);
+}
+
+/* batch(value, key, blocking=False, fail=False) */
+static PyObject *
+batch(PyObject *module, PyObject *args)
+{
+    int value, blocking = 0, fail = 0;
+    unsigned long long key;
+    ctx_t *ctx;
+
+    if (!PyArg_ParseTuple(args, "iK|pp", &value, &key, &blocking, &fail)) {
+        return NULL;
+    }
+    ctx = new_ctx(fail ? MODE_EXECUTE_FAILS : MODE_OK, value);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    /* A failed batch has no complete callback: RuntimeError names the
+     * execute_batch function and the code. */
+    offloop_complete_fn co = fail ? NULL : batch_complete;
+    return blocking ? offloop_submit_batch_blocking(execute_batch, key, co,
+                                                    release, ctx)
+                    : offloop_submit_batch(execute_batch, key, co, release,
+                                           ctx);
+}
+
 /* offloop_submit() in a file whose offloop_import() never ran. */
 static PyObject *
 submit_unimported(PyObject *module, PyObject *unused)
@@ -259,16 +316,18 @@ set_gate(PyObject *module, PyObject *arg)
 static PyObject *
 counters(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("{s:n,s:n,s:n,s:i,s:i}", "live", live, "releases",
-                         releases, "double_releases", double_releases,
-                         "started", atomic_load(&started), "cancels_seen",
-                         atomic_load(&cancels_seen));
+    return Py_BuildValue("{s:n,s:n,s:n,s:i,s:i,s:i}", "live", live,
+                         "releases", releases, "double_releases",
+                         double_releases, "started", atomic_load(&started),
+                         "cancels_seen", atomic_load(&cancels_seen),
+                         "batch_runs", atomic_load(&batch_runs));
 }
 
 static PyMethodDef methods[] = {
     {"submit", (PyCFunction)(void (*)(void))submit,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"chunks", chunks, METH_VARARGS, NULL},
+    {"batch", batch, METH_VARARGS, NULL},
     {"submit_unimported", submit_unimported, METH_NOARGS, NULL},
     {"set_gate", set_gate, METH_O, NULL},
     {"counters", counters, METH_NOARGS, NULL},

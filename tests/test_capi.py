@@ -15,6 +15,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import pathlib
 import shlex
 import shutil
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -472,3 +475,84 @@ def test_abi_version_mismatch_is_a_clear_import_error(ext_dir):
     assert "IMPORTERROR offloop C API version mismatch" in proc.stdout
     assert "ABI version 1" in proc.stdout
     assert "provides version 999" in proc.stdout
+
+
+# ---- batchable jobs (offloop_submit_batch) --------------------------------
+
+
+async def _hold_workers_with_gated_jobs(t):
+    threads = offloop.stats()["threads"]
+    before = t.counters()
+    blockers = [t.submit("gated") for _ in range(threads)]
+    await _until(lambda: _delta(t, before, "started") == threads)
+    return blockers
+
+
+async def test_batch_jobs_with_one_key_share_one_execute(loop, t):
+    before, stats = t.counters(), offloop.stats()
+    blockers = await _hold_workers_with_gated_jobs(t)
+    same = [t.batch(v, 1) for v in range(5)]
+    other = [t.batch(v, 2) for v in range(3)]
+    blocking = []
+    thread = threading.Thread(
+        target=lambda: blocking.append(t.batch(7, 2, True)))
+    thread.start()
+    await asyncio.to_thread(_wait_queued, 9)
+    t.set_gate(True)
+    await asyncio.gather(*blockers)
+    # result = value * 10 + the size of the batch it ran in
+    assert await asyncio.gather(*same) == [v * 10 + 5 for v in range(5)]
+    assert await asyncio.gather(*other) == [v * 10 + 4 for v in range(3)]
+    thread.join(DEADLINE)
+    assert blocking == [74]
+    assert _delta(t, before, "batch_runs") == 2
+    after = offloop.stats()
+    assert after["batches"] - stats["batches"] == 2
+    assert after["batched"] - stats["batched"] == 9
+
+
+async def test_batch_job_alone_runs_at_once(loop, t):
+    before = t.counters()
+    assert await t.batch(3, 99) == 31
+    assert t.batch(4, 99, True) == 41
+    assert _delta(t, before, "batch_runs") == 2
+
+
+async def test_batch_failure_fails_every_member_and_releases_each(loop, t):
+    before = t.counters()
+    blockers = await _hold_workers_with_gated_jobs(t)
+    futs = [t.batch(v, 5, False, v == 2) for v in range(4)]
+    t.set_gate(True)
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.gather(*futs, return_exceptions=True)
+    for v, o in enumerate(outcomes):
+        assert isinstance(o, RuntimeError)
+        if v == 2:  # no complete callback: offloop names the code
+            assert re.search(r"execute callback .*capi_testext.*failed "
+                             r"with code 9", str(o))
+        else:  # complete ran and raised from what execute_batch left
+            assert str(o) == "batch failed (-9)"
+
+    assert _delta(t, before, "batch_runs") == 1
+    # The next batch runs normally.
+    assert await t.batch(1, 5) == 11
+
+
+async def test_batch_member_cancelled_while_queued_is_released_once(loop, t):
+    before = t.counters()
+    blockers = await _hold_workers_with_gated_jobs(t)
+    futs = [t.batch(v, 6) for v in range(4)]
+    futs[1].cancel()
+    t.set_gate(True)
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.gather(*futs, return_exceptions=True)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert [outcomes[i] for i in (0, 2, 3)] == [3, 23, 33]
+    assert _delta(t, before, "batch_runs") == 1
+
+
+def _wait_queued(n):
+    deadline = time.monotonic() + DEADLINE
+    while offloop.stats()["queued"] < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)

@@ -20,6 +20,7 @@ import os as _os
 import re as _re
 
 from . import _core
+from ._batched import Batched, batched
 from ._build import get_cmake_dir, get_include
 from ._core import Future, configure, stats
 from ._core import (  # vector kernels: C entry points, no wrapper
@@ -30,7 +31,7 @@ from ._core import (  # vector kernels: C entry points, no wrapper
 )
 
 __version__ = "0.1.0"
-__all__ = ["Future", "batch_normalize", "blocking", "configure",
+__all__ = ["Batched", "Future", "batch_normalize", "batched", "blocking", "configure",
            "cosine_similarities", "cosine_similarity", "get_cmake_dir",
            "get_include", "run", "stats",
            "top_k"]

@@ -175,6 +175,10 @@ int ol_job_cancel(ol_job_t *job);
  * still delivered, with OL_ECANCELED, when the batch ends, and the batch
  * stops early only once every member is cancelled.) */
 
+/* The run should stop: the job is cancelled and, if it leads a batch,
+ * so is every member.  Any thread; for work callbacks that poll. */
+int ol_job_stopped(ol_job_t *job);
+
 /* A blocking caller stops waiting for a job a worker is inside (after
  * ol_job_cancel() returned 0), for work that cannot stop at a chunk
  * boundary (a Python callable).  Returns 1 if the job will go to the

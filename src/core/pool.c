@@ -318,8 +318,8 @@ set_status(ol_job_t *job, int err)
 
 /* The run should stop: the job is cancelled and, if it leads a batch,
  * so is every member. */
-static int
-stopped(ol_job_t *job)
+int
+ol_job_stopped(ol_job_t *job)
 {
     if (!ol_job_cancelled(job)) {
         return 0;
@@ -340,7 +340,8 @@ share(ol_job_t *job)
         return; /* every worker is busy: keep the lock free for submits */
     }
     OL__CHECK(pthread_mutex_lock(&pool.lock));
-    if (atomic_load(&pool.idle) > 0 && !job->in_queue && !stopped(job)) {
+    if (atomic_load(&pool.idle) > 0 && !job->in_queue &&
+        !ol_job_stopped(job)) {
         queue_link(job, 1);
         OL__CHECK(pthread_cond_signal(&pool.work_cond));
     }
@@ -351,7 +352,7 @@ static void
 run_chunks(ol_job_t *job)
 {
     for (;;) {
-        if (stopped(job) || ol_job_status(job) != 0) {
+        if (ol_job_stopped(job) || ol_job_status(job) != 0) {
             return;
         }
         size_t i = atomic_fetch_add(&job->next_chunk, 1);
@@ -381,8 +382,8 @@ end_job(ol_job_t *job)
     ol_job_t *member = job->batch_next;
     int err = ol_job_status(job);
 
-    if (err == 0 &&
-        (atomic_load(&job->next_chunk) < job->nchunks || stopped(job))) {
+    if (err == 0 && (atomic_load(&job->next_chunk) < job->nchunks ||
+                     ol_job_stopped(job))) {
         err = OL_ECANCELED; /* stopped, or cancelled in time */
     }
     if (err == 0 && job->finish != NULL) {

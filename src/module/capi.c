@@ -33,11 +33,13 @@
 
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 typedef struct capi_payload_s {
     /* Set at submit, read-only afterwards (workers read them). */
     offloop_execute_fn execute;             /* one of these two */
     offloop_execute_chunk_fn execute_chunk;
+    offloop_execute_batch_fn execute_batch; /* ... or this one */
     size_t nchunks;                         /* the caller's; may be 0 */
     offloop_complete_fn complete;
     offloop_release_fn release;
@@ -210,6 +212,44 @@ capi_release(ol_pyjob *job)
 
 /* ---- the job kind -------------------------------------------------- */
 
+/* A batch (or a lone batchable job): every member counts itself inside
+ * (the exit handshake, per ctx) before the one execute_batch call, whose
+ * result each member keeps as its own. */
+#define CAPI_BATCH_STACK 64
+static int
+capi_batch_work(ol_job_t *core, const offloop_cancel_t *token)
+{
+    void *stack[CAPI_BATCH_STACK], **ctxs = stack;
+    size_t n = 0;
+    ol_job_t *m;
+    int rc = 0, closed = 0;
+
+    if (core->batch_size > CAPI_BATCH_STACK) {
+        ctxs = malloc(core->batch_size * sizeof(*ctxs));
+        if (ctxs == NULL) {
+            return OL_ENOMEM;
+        }
+    }
+    for (m = core; m != NULL; m = m->batch_next) {
+        capi_payload *p = PAYLOAD((ol_pyjob *)m);
+        atomic_fetch_add(&p->inside, 1);
+        closed |= atomic_load(&p->closed);
+        ctxs[n++] = p->ctx;
+    }
+    if (!closed) {
+        rc = PAYLOAD((ol_pyjob *)core)->execute_batch(ctxs, n, token);
+    }
+    for (m = core; m != NULL; m = m->batch_next) {
+        capi_payload *p = PAYLOAD((ol_pyjob *)m);
+        atomic_store(&p->rc, rc);
+        atomic_fetch_sub(&p->inside, 1);
+    }
+    if (ctxs != stack) {
+        free(ctxs);
+    }
+    return closed ? OL_ESHUTDOWN : 0;
+}
+
 static int
 capi_work(ol_job_t *core, size_t chunk)
 {
@@ -217,6 +257,9 @@ capi_work(ol_job_t *core, size_t chunk)
     const offloop_cancel_t *token = (const offloop_cancel_t *)core;
     int rc = 0, zero = 0;
 
+    if (p->execute_batch != NULL) {
+        return capi_batch_work(core, token);
+    }
     atomic_fetch_add(&p->inside, 1);
     if (atomic_load(&p->closed)) {
         atomic_fetch_sub(&p->inside, 1);
@@ -249,9 +292,11 @@ call_complete(capi_payload *p)
     if (p->complete == NULL) {
         if (rc != 0) {
             char name[512];
-            describe((void (*)(void))(p->execute_chunk != NULL
-                                          ? (void (*)(void))p->execute_chunk
-                                          : (void (*)(void))p->execute),
+            describe(p->execute_batch != NULL
+                         ? (void (*)(void))p->execute_batch
+                     : p->execute_chunk != NULL
+                         ? (void (*)(void))p->execute_chunk
+                         : (void (*)(void))p->execute,
                      name, sizeof(name));
             return PyErr_Format(PyExc_RuntimeError,
                                 "offloop C API: the execute callback %s "
@@ -315,11 +360,17 @@ static const ol_jobkind capi_kind = {.name = "capi",
 
 /* ---- the table ----------------------------------------------------- */
 
+typedef struct {
+    offloop_execute_fn execute; /* exactly one of the three */
+    offloop_execute_chunk_fn execute_chunk;
+    offloop_execute_batch_fn execute_batch;
+    size_t nchunks;
+    unsigned long long key; /* execute_batch only */
+} capi_work_spec;
+
 static PyObject *
-submit_common(size_t nchunks, offloop_execute_fn execute,
-              offloop_execute_chunk_fn execute_chunk,
-              offloop_complete_fn complete, offloop_release_fn release,
-              void *ctx, int blocking)
+submit_common(const capi_work_spec *w, offloop_complete_fn complete,
+              offloop_release_fn release, void *ctx, int blocking)
 {
     capi_payload orphan = {.release = release, .ctx = ctx};
     ol_state *st = capi_module ? ol_get_state(capi_module) : NULL;
@@ -331,20 +382,28 @@ submit_common(size_t nchunks, offloop_execute_fn execute,
                         "offloop C API: offloop._core is finalizing");
         goto refuse;
     }
-    if (execute == NULL && execute_chunk == NULL) {
+    if (w->execute == NULL && w->execute_chunk == NULL &&
+        w->execute_batch == NULL) {
         PyErr_SetString(PyExc_SystemError,
                         "offloop C API: the execute callback is NULL");
         goto refuse;
     }
     job = ol_pyjob_new(&capi_kind, sizeof(capi_payload),
-                       nchunks > 0 ? nchunks : 1);
+                       w->nchunks > 0 ? w->nchunks : 1);
     if (job == NULL) {
         goto refuse;
     }
     p = PAYLOAD(job);
-    p->execute = execute;
-    p->execute_chunk = execute_chunk;
-    p->nchunks = nchunks;
+    p->execute = w->execute;
+    p->execute_chunk = w->execute_chunk;
+    p->execute_batch = w->execute_batch;
+    p->nchunks = w->nchunks;
+    if (w->execute_batch != NULL) {
+        /* The function and the key: what may share a run. */
+        job->core.batch.tag = &capi_kind;
+        job->core.batch.words[0] = (uint64_t)(uintptr_t)w->execute_batch;
+        job->core.batch.words[1] = w->key;
+    }
     p->complete = complete;
     p->release = release;
     p->ctx = ctx;
@@ -368,8 +427,9 @@ static PyObject *
 capi_submit(offloop_execute_fn execute, offloop_complete_fn complete,
             offloop_release_fn release, void *ctx, int blocking)
 {
-    return submit_common(1, execute, NULL, complete, release, ctx,
-                         blocking);
+    capi_work_spec w = {.execute = execute, .nchunks = 1};
+
+    return submit_common(&w, complete, release, ctx, blocking);
 }
 
 static PyObject *
@@ -377,8 +437,20 @@ capi_submit_chunks(size_t nchunks, offloop_execute_chunk_fn execute_chunk,
                    offloop_complete_fn complete, offloop_release_fn release,
                    void *ctx, int blocking)
 {
-    return submit_common(nchunks, NULL, execute_chunk, complete, release,
-                         ctx, blocking);
+    capi_work_spec w = {.execute_chunk = execute_chunk, .nchunks = nchunks};
+
+    return submit_common(&w, complete, release, ctx, blocking);
+}
+
+static PyObject *
+capi_submit_batch(offloop_execute_batch_fn execute_batch,
+                  unsigned long long key, offloop_complete_fn complete,
+                  offloop_release_fn release, void *ctx, int blocking)
+{
+    capi_work_spec w = {
+        .execute_batch = execute_batch, .nchunks = 1, .key = key};
+
+    return submit_common(&w, complete, release, ctx, blocking);
 }
 
 static int
@@ -386,7 +458,7 @@ capi_cancelled(const offloop_cancel_t *cancel)
 {
     ol_job_t *core = (ol_job_t *)cancel;
 
-    return ol_job_cancelled(core) ||
+    return ol_job_stopped(core) ||
            atomic_load_explicit(&PAYLOAD((ol_pyjob *)core)->closed,
                                 memory_order_relaxed);
 }
@@ -398,6 +470,7 @@ static const offloop_capi capi_table = {
     .submit = capi_submit,
     .submit_chunks = capi_submit_chunks,
     .cancelled = capi_cancelled,
+    .submit_batch = capi_submit_batch,
 };
 
 /* ---- interpreter exit ---------------------------------------------- */

@@ -1,4 +1,5 @@
-/* offloop.run(fn, *args, **kwargs): a Python callable on the pool.
+/* offloop.run(fn, *args, **kwargs) and offloop.batched(fn): Python
+ * callables on the pool.
  *
  * The one kind of job whose worker takes the GIL (DESIGN invariant 1): it
  * is meant for callables that release the GIL themselves (hashlib, zlib,
@@ -6,6 +7,15 @@
  * made on its first such job, so a call costs a GIL hand-off and nothing
  * more.  The caller's contextvars are copied at submit and entered around
  * the call, as asyncio.to_thread does.
+ *
+ * offloop.batched(fn) calls fn(list of items) once for every call of
+ * the wrapper that waits in the queue when a worker comes for one (the
+ * pool's coalescing, keyed by the wrapper object, which each job holds so
+ * that its address is not reused meanwhile).  The leader's worker calls
+ * fn with the items of every member not cancelled yet, in queue order,
+ * and hands each member its own element of the returned sequence, or the
+ * exception fn raised.  fn runs without the callers' contextvars: one
+ * call serves many callers.
  *
  * Interpreter exit: ol_run_shutdown() (from atexit) sets `closing`, then
  * waits, with the GIL released and for a bounded time, until no worker is
@@ -25,15 +35,16 @@ static _Thread_local PyThreadState *worker_tstate;
 static atomic_int closing;
 static atomic_int inside; /* workers past the closing check */
 
+/* On a worker: take the GIL with this worker's thread state, unless the
+ * interpreter is exiting or the run was cancelled before it began.
+ * Returns 0 (then call leave_python()) or the error that ends the job. */
 static int
-run_work(ol_job_t *core, size_t chunk)
+enter_python(ol_job_t *core)
 {
-    run_payload *p = OL_PAYLOAD((ol_pyjob *)core, run_payload);
-
     atomic_fetch_add(&inside, 1);
-    if (atomic_load(&closing) || ol_job_cancelled(core)) {
+    if (atomic_load(&closing) || ol_job_stopped(core)) {
         atomic_fetch_sub(&inside, 1);
-        return ol_job_cancelled(core) ? OL_ECANCELED : OL_ESHUTDOWN;
+        return ol_job_stopped(core) ? OL_ECANCELED : OL_ESHUTDOWN;
     }
     if (worker_tstate == NULL) {
         worker_tstate = PyThreadState_New(interp);
@@ -43,6 +54,25 @@ run_work(ol_job_t *core, size_t chunk)
         }
     }
     PyEval_RestoreThread(worker_tstate);
+    return 0;
+}
+
+static void
+leave_python(void)
+{
+    (void)PyEval_SaveThread();
+    atomic_fetch_sub(&inside, 1);
+}
+
+static int
+run_work(ol_job_t *core, size_t chunk)
+{
+    run_payload *p = OL_PAYLOAD((ol_pyjob *)core, run_payload);
+    int rc = enter_python(core);
+
+    if (rc != 0) {
+        return rc;
+    }
     if (PyContext_Enter(p->context) == 0) {
         p->result = PyObject_Call(p->fn, p->args, p->kwargs);
         (void)PyContext_Exit(p->context);
@@ -50,23 +80,187 @@ run_work(ol_job_t *core, size_t chunk)
     if (p->result == NULL) {
         p->exception = ol_fetch_exception();
     }
-    (void)PyEval_SaveThread();
-    atomic_fetch_sub(&inside, 1);
+    leave_python();
     return 0;
 }
 
+/* ---- offloop.batched ------------------------------------------------ */
+
+typedef struct {
+    PyObject *owner; /* the offloop.batched wrapper: the batch key */
+    PyObject *fn, *item;
+    PyObject *result, *exception; /* set by the leader's worker, GIL held */
+} batched_payload;
+
+#define BATCHED(job) OL_PAYLOAD((ol_pyjob *)(job), batched_payload)
+
+/* GIL held: give every member not cancelled its result, or `exc`. */
+static void
+batched_call(ol_job_t *leader)
+{
+    batched_payload *lp = BATCHED(leader);
+    PyObject *items = PyList_New(0), *out = NULL, *exc = NULL;
+    Py_ssize_t n = 0;
+    ol_job_t *m;
+
+    for (m = leader; items != NULL && m != NULL; m = m->batch_next) {
+        if (!ol_job_cancelled(m) && PyList_Append(items, BATCHED(m)->item)) {
+            Py_CLEAR(items);
+        }
+    }
+    if (items != NULL) {
+        out = PyObject_CallOneArg(lp->fn, items);
+    }
+    if (out != NULL) {
+        n = PyList_GET_SIZE(items);
+        PyObject *seq = PySequence_Fast(
+            out, "offloop.batched: fn must return a sequence of results");
+        Py_SETREF(out, seq);
+        if (out != NULL && PySequence_Fast_GET_SIZE(out) != n) {
+            PyErr_Format(PyExc_ValueError,
+                         "offloop.batched: fn returned %zd results for %zd "
+                         "inputs",
+                         PySequence_Fast_GET_SIZE(out), n);
+            Py_CLEAR(out);
+        }
+    }
+    if (out == NULL) {
+        exc = ol_fetch_exception();
+    }
+    n = 0;
+    for (m = leader; m != NULL; m = m->batch_next) {
+        if (ol_job_cancelled(m)) {
+            continue;
+        }
+        if (exc != NULL) {
+            BATCHED(m)->exception = Py_NewRef(exc);
+        }
+        else {
+            BATCHED(m)->result =
+                Py_NewRef(PySequence_Fast_GET_ITEM(out, n++));
+        }
+    }
+    Py_XDECREF(items);
+    Py_XDECREF(out);
+    Py_XDECREF(exc);
+}
+
+static int
+batched_work(ol_job_t *core, size_t chunk)
+{
+    int rc = enter_python(core);
+
+    if (rc != 0) {
+        return rc;
+    }
+    batched_call(core);
+    leave_python();
+    return 0;
+}
+
+static PyObject *
+batched_complete(ol_pyjob *job)
+{
+    batched_payload *p = OL_PAYLOAD(job, batched_payload);
+
+    if (p->exception != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(p->exception), p->exception);
+        return NULL;
+    }
+    if (p->result == NULL) { /* cancelled before the call: not wanted */
+        PyErr_SetString(PyExc_RuntimeError, ol_strerror(OL_ECANCELED));
+        return NULL;
+    }
+    return Py_NewRef(p->result);
+}
+
+static void
+batched_release(ol_pyjob *job)
+{
+    batched_payload *p = OL_PAYLOAD(job, batched_payload);
+
+    Py_CLEAR(p->owner);
+    Py_CLEAR(p->fn);
+    Py_CLEAR(p->item);
+    Py_CLEAR(p->result);
+    Py_CLEAR(p->exception);
+}
+
+static const ol_jobkind batched_kind = {.name = "batched",
+                                        .work = batched_work,
+                                        .complete = batched_complete,
+                                        .release = batched_release,
+                                        .unstoppable = 1};
+
+/* _run_batched(owner, fn, max_batch, item): owner and its fields were
+ * checked by offloop.batched. */
+static ol_pyjob *
+batched_job(PyObject *const *args, Py_ssize_t nargs)
+{
+    ol_pyjob *job;
+    batched_payload *p;
+    size_t max;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_run_batched() takes owner, fn, max_batch, item");
+        return NULL;
+    }
+    max = PyLong_AsSize_t(args[2]);
+    if (max == (size_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    job = ol_pyjob_new(&batched_kind, sizeof(batched_payload), 1);
+    if (job == NULL) {
+        return NULL;
+    }
+    p = OL_PAYLOAD(job, batched_payload);
+    p->owner = Py_NewRef(args[0]);
+    p->fn = Py_NewRef(args[1]);
+    p->item = Py_NewRef(args[3]);
+    job->core.batch.tag = &batched_kind;
+    job->core.batch.words[0] = (uint64_t)(uintptr_t)args[0];
+    job->core.batch.max = max;
+    return job;
+}
+
+static PyObject *
+run_batched(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    ol_pyjob *job = batched_job(args, nargs);
+
+    return job ? ol_submit_async(ol_get_state(module), job, 0) : NULL;
+}
+
+static PyObject *
+run_batched_blocking(PyObject *module, PyObject *const *args,
+                     Py_ssize_t nargs)
+{
+    ol_pyjob *job = batched_job(args, nargs);
+
+    return job ? ol_submit_blocking(ol_get_state(module), job, 0) : NULL;
+}
+
 /* Worker exit hook: free the thread state, unless the interpreter is
- * going away (then it is left to the process exit). */
+ * going away (then it is left to the process exit).  The same handshake
+ * as enter_python(): counted in `inside` before `closing` is read, so
+ * ol_run_shutdown() either waits for this or this sees `closing`.  (A
+ * retiring worker runs this after it left the pool's count of live
+ * workers, so the pool's own shutdown wait does not cover it.) */
 static void
 run_thread_exit(void)
 {
-    if (worker_tstate == NULL || atomic_load(&closing)) {
+    if (worker_tstate == NULL) {
         return;
     }
-    PyEval_RestoreThread(worker_tstate);
-    PyThreadState_Clear(worker_tstate);
-    PyThreadState_DeleteCurrent();
-    worker_tstate = NULL;
+    atomic_fetch_add(&inside, 1);
+    if (!atomic_load(&closing)) {
+        PyEval_RestoreThread(worker_tstate);
+        PyThreadState_Clear(worker_tstate);
+        PyThreadState_DeleteCurrent();
+        worker_tstate = NULL;
+    }
+    atomic_fetch_sub(&inside, 1);
 }
 
 static PyObject *
@@ -217,5 +411,12 @@ PyMethodDef ol_run_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "run_blocking($module, fn, /, *args, **kwargs)\n--\n\n"
      "Call fn(*args, **kwargs) on the pool and wait for the result."},
+    {"_run_batched", (PyCFunction)(void (*)(void))run_batched, METH_FASTCALL,
+     "_run_batched($module, owner, fn, max_batch, item, /)\n--\n\n"
+     "One call of an offloop.batched wrapper: an awaitable future."},
+    {"_run_batched_blocking", (PyCFunction)(void (*)(void))run_batched_blocking,
+     METH_FASTCALL,
+     "_run_batched_blocking($module, owner, fn, max_batch, item, /)\n--\n\n"
+     "One call of an offloop.batched wrapper, waited for."},
     {NULL, NULL, 0, NULL},
 };

@@ -103,6 +103,7 @@ vec_batch_work(vec_payload *p, size_t chunk, int topk)
     size_t r0, r1, q0, q1, j, nr;
     int rc = 0;
 
+    vec_pass_batch_gate();
     vec_chunk_range(p, chunk, &r0, &r1, &q0, &q1);
     nr = r1 - r0;
     if (b->nb > QBLOCK_MAX) {

@@ -8,33 +8,87 @@
 
 #include "vectors.h"
 
-/* A gate for tests (_hold_normalize_chunks): lets `allowed` batch_normalize
- * chunks start, then holds each later one at its start until the test
- * opens the gate, so that a test can cancel a big job at a known point
- * instead of racing the workers.  `lock` protects `allowed`; `armed` is
- * atomic so that the untested path costs one relaxed load per chunk. */
-static struct {
+/* Gates for tests (_hold_normalize_chunks, _hold_batch_chunks): let
+ * `allowed` chunks start, then hold each later one at its start until the
+ * test opens the gate, so that a test can cancel a big job (or a member of
+ * a running batch) at a known point instead of racing the workers.
+ * `lock` protects `allowed`; `armed` is atomic so that the untested path
+ * costs one relaxed load per chunk. */
+typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t opened;
     atomic_int armed;
     long allowed;
-} normalize_gate = {.lock = PTHREAD_MUTEX_INITIALIZER,
-                  .opened = PTHREAD_COND_INITIALIZER};
+} chunk_gate;
+
+#define CHUNK_GATE_INIT \
+    {.lock = PTHREAD_MUTEX_INITIALIZER, .opened = PTHREAD_COND_INITIALIZER}
+
+static chunk_gate normalize_gate = CHUNK_GATE_INIT;
+static chunk_gate batch_gate = CHUNK_GATE_INIT;
+
+static void
+pass_gate(chunk_gate *g)
+{
+    if (!atomic_load_explicit(&g->armed, memory_order_relaxed)) {
+        return;
+    }
+    pthread_mutex_lock(&g->lock);
+    while (atomic_load(&g->armed) && g->allowed == 0) {
+        pthread_cond_wait(&g->opened, &g->lock);
+    }
+    if (atomic_load(&g->armed)) {
+        g->allowed--;
+    }
+    pthread_mutex_unlock(&g->lock);
+}
 
 void
 vec_pass_normalize_gate(void)
 {
-    if (!atomic_load_explicit(&normalize_gate.armed, memory_order_relaxed)) {
-        return;
+    pass_gate(&normalize_gate);
+}
+
+void
+vec_pass_batch_gate(void)
+{
+    pass_gate(&batch_gate);
+}
+
+/* n: let n chunks start, hold the rest; None opens the gate. */
+static PyObject *
+set_gate(chunk_gate *g, const char *fname, PyObject *arg)
+{
+    Py_ssize_t allowed = -1;
+
+    if (arg != Py_None) {
+        allowed = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+        if (allowed == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (allowed < 0) {
+            PyErr_Format(PyExc_ValueError, "%s(): n must be >= 0", fname);
+            return NULL;
+        }
     }
-    pthread_mutex_lock(&normalize_gate.lock);
-    while (atomic_load(&normalize_gate.armed) && normalize_gate.allowed == 0) {
-        pthread_cond_wait(&normalize_gate.opened, &normalize_gate.lock);
-    }
-    if (atomic_load(&normalize_gate.armed)) {
-        normalize_gate.allowed--;
-    }
-    pthread_mutex_unlock(&normalize_gate.lock);
+    pthread_mutex_lock(&g->lock);
+    g->allowed = (long)allowed;
+    atomic_store(&g->armed, allowed >= 0);
+    pthread_cond_broadcast(&g->opened);
+    pthread_mutex_unlock(&g->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+hold_normalize_chunks(PyObject *module, PyObject *arg)
+{
+    return set_gate(&normalize_gate, "_hold_normalize_chunks", arg);
+}
+
+static PyObject *
+hold_batch_chunks(PyObject *module, PyObject *arg)
+{
+    return set_gate(&batch_gate, "_hold_batch_chunks", arg);
 }
 
 static PyObject *
@@ -75,32 +129,6 @@ get_isa(PyObject *module, PyObject *unused)
     return PyUnicode_FromString(ol_isa_name(ol_kernels_isa()));
 }
 
-/* _hold_normalize_chunks(n): let n chunks start, hold the rest; None opens
- * the gate. */
-static PyObject *
-hold_normalize_chunks(PyObject *module, PyObject *arg)
-{
-    long allowed = -1;
-
-    if (arg != Py_None) {
-        allowed = PyLong_AsLong(arg);
-        if (allowed == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (allowed < 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "_hold_normalize_chunks(): n must be >= 0");
-            return NULL;
-        }
-    }
-    pthread_mutex_lock(&normalize_gate.lock);
-    normalize_gate.allowed = allowed;
-    atomic_store(&normalize_gate.armed, allowed >= 0);
-    pthread_cond_broadcast(&normalize_gate.opened);
-    pthread_mutex_unlock(&normalize_gate.lock);
-    Py_RETURN_NONE;
-}
-
 PyMethodDef ol_vector_testing_methods[] = {
     {"_set_isa", set_isa, METH_O,
      "_set_isa($module, name, /)\n--\n\nForce the kernels' ISA ('scalar', "
@@ -110,5 +138,8 @@ PyMethodDef ol_vector_testing_methods[] = {
     {"_hold_normalize_chunks", hold_normalize_chunks, METH_O,
      "_hold_normalize_chunks($module, n, /)\n--\n\nLet n batch_normalize "
      "chunks start and hold the later ones; None lets all go.  Tests only."},
+    {"_hold_batch_chunks", hold_batch_chunks, METH_O,
+     "_hold_batch_chunks($module, n, /)\n--\n\nLet n chunks of coalesced "
+     "runs start and hold the later ones; None lets all go.  Tests only."},
     {NULL, NULL, 0, NULL},
 };

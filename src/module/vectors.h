@@ -64,8 +64,10 @@ int vec_batch_work(vec_payload *p, size_t chunk, int topk);
 int vec_batch_finish(vec_payload *p);
 void vec_batch_release(vec_payload *p);
 
-/* vec_testing.c: batch_normalize's chunk gate, and the ISA switch. */
+/* vec_testing.c: chunk gates of batch_normalize and of coalesced runs,
+ * and the ISA switch. */
 void vec_pass_normalize_gate(void);
+void vec_pass_batch_gate(void);
 extern PyMethodDef ol_vector_testing_methods[];
 
 #endif /* OFFLOOP_VECTORS_H */
