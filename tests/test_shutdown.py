@@ -253,3 +253,17 @@ def test_exit_after_closing_a_used_loop_left_in_a_global_does_not_crash(
         loop.close()
         print("ok", flush=True)
     """, kind)
+
+
+def test_regr_one_exit_sequence_registers_one_atexit_callback():
+    """Interpreter exit is one explicit sequence (Python callables stop,
+    the pool stops, then the C API's contexts are released), not two
+    atexit registrations whose order depends on import order."""
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, atexit; n = atexit._ncallbacks(); "
+         "import offloop; "
+         "print(atexit._ncallbacks() - n)"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"

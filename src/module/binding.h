@@ -36,7 +36,6 @@ struct ol_pyjob_s {
     ol_job_t core;
     const ol_jobkind *kind;
     PyObject *future; /* strong; NULL for a blocking call */
-    ol_waiter_t *waiter;
     /* Kind-specific data follows, aligned for any type. */
     _Alignas(max_align_t) unsigned char payload[];
 };
@@ -86,32 +85,30 @@ typedef struct {
 
 extern ol_counters ol_count;
 
-/* module.c */
+/* state.c: the ground floor. */
 ol_state *ol_get_state(PyObject *module);
 ol_state *ol_get_state_by_type(PyTypeObject *tp);
+
+/* module.c */
 extern PyModuleDef ol_moduledef;
 
 /* errors.c: the one place that maps core errors to exceptions. */
 PyObject *ol_set_pyerr(ol_state *st, int err);
 const char *ol_strerror(int err);
 
-/* jobs.c */
+/* jobs.c: the job's lifecycle. */
 ol_pyjob *ol_pyjob_new(const ol_jobkind *kind, size_t payload_size,
                        size_t nchunks);
 /* Release and free a job that was never submitted, or that is back. */
 void ol_pyjob_free(ol_pyjob *job);
 /* Turn a finished job into its result (new ref) or NULL + exception. */
 PyObject *ol_pyjob_result(ol_state *st, ol_pyjob *job);
-/* Submit to the running loop: returns a future (new ref), or NULL with an
- * exception set (the job is then freed).  If `inline_ok`, the job runs on
- * this thread and the future is returned done. */
-PyObject *ol_submit_async(ol_state *st, ol_pyjob *job, int inline_ok);
-/* Submit and wait with the GIL released: the result, or NULL + exception
- * (the job is freed either way).  If `inline_ok`, the job runs on this
- * thread instead, GIL held. */
-PyObject *ol_submit_blocking(ol_state *st, ol_pyjob *job, int inline_ok);
+/* Set the job's result or exception on `fut`, and count it. */
+void ol_settle(ol_state *st, PyObject *fut, ol_pyjob *job);
 /* Resolve one job taken from a port, on its loop's thread. */
 void ol_resolve(ol_state *st, ol_pyjob *job);
+/* Resolve the future of a job that could not be submitted. */
+void ol_fail_job(ol_state *st, ol_pyjob *job, int err);
 /* The raised exception, normalized, with its traceback attached. */
 PyObject *ol_fetch_exception(void);
 /* Drop a job whose loop is gone: count it, release it. */
@@ -121,12 +118,36 @@ void ol_drop_list(ol_job_t *list);
 /* Drop every orphaned job (their loops closed before they finished). */
 void ol_drain_orphans(void);
 
+/* submit.c: the one submit path. */
+/* Submit to the running loop: returns a future (new ref), or NULL with an
+ * exception set (the job is then freed).  If `inline_ok`, the job runs on
+ * this thread and the future is returned done. */
+PyObject *ol_submit_async(ol_state *st, ol_pyjob *job, int inline_ok);
+/* Submit and wait with the GIL released: the result, or NULL + exception
+ * (the job is freed either way).  If `inline_ok`, the job runs on this
+ * thread instead, GIL held. */
+PyObject *ol_submit_blocking(ol_state *st, ol_pyjob *job, int inline_ok);
+/* Hand a job to the pool for `port`'s loop: 1 submitted (*kick set when
+ * a worker wake-up is owed), 0 queue full, or a negative error; on 0 and
+ * errors the job was not submitted and the caller still owns it. */
+int ol_pool_submit_for_port(PyObject *port, ol_pyjob *job, int *kick);
+/* The owed wake-up: at the next tick of `loop` (NULL: at once). */
+void ol_kick_later(ol_state *st, PyObject *port, PyObject *loop);
+
 /* future.c: the asyncio.Future subclass whose cancel() reaches the job. */
 int ol_future_init_type(PyObject *module, ol_state *st);
 PyObject *ol_future_new(ol_state *st, PyObject *loop, ol_pyjob *job);
 /* The job a future still waits for; NULL once cancelled or resolved. */
 ol_pyjob *ol_future_job(PyObject *fut);
 void ol_future_detach(PyObject *fut);
+
+/* Is the job's outcome still wanted?  No once its future was cancelled
+ * (or resolved by hand); a blocking caller's job always is. */
+static inline int
+ol_job_wanted(ol_pyjob *job)
+{
+    return job->future == NULL || ol_future_job(job->future) == job;
+}
 
 /* port_type.c */
 int ol_port_init_type(PyObject *module, ol_state *st);
@@ -139,8 +160,6 @@ ol_port_t *ol_port_core(PyObject *port);
  * wakes the port's fd).  Loop thread only. */
 int ol_port_holds_jobs(PyObject *port);
 void ol_port_hold(PyObject *port, ol_pyjob *job);
-/* Resolve the future of a job that could not be submitted. */
-void ol_fail_job(ol_state *st, ol_pyjob *job, int err);
 /* Ask for one ol_pool_kick() at the next tick of the port's loop. */
 int ol_port_schedule_kick(ol_state *st, PyObject *port, PyObject *loop);
 /* Release ports whose loop is closed or gone; with `all`, every port. */
@@ -154,6 +173,9 @@ extern PyMethodDef ol_vector_testing_methods[];
 
 /* capi.c: the capsule behind include/offloop.h. */
 int ol_capi_init(PyObject *module);
+/* The last step of interpreter exit (after the pool's shutdown): release
+ * the contexts of C API jobs no worker is inside. */
+void ol_capi_at_exit(void);
 int ol_run_module_init(PyObject *module);
 /* Stop taking the GIL on workers; returns the time left of `timeout`. */
 double ol_run_shutdown(double timeout);

@@ -17,9 +17,9 @@
  *
  * Interpreter exit: the core forgets queued jobs at shutdown instead of
  * delivering them, so their release hooks would never run.  Every live
- * capi job is therefore on a list (GIL), and an atexit hook, registered
- * before offloop's own and so run after the pool's shutdown, releases
- * the ctx of each job no worker is inside.  A worker and that hook agree
+ * capi job is therefore on a list (GIL), and ol_capi_at_exit(), the last
+ * step of offloop's one shutdown sequence (module.c, after the pool's
+ * shutdown), releases the ctx of each job no worker is inside.  A worker and that hook agree
  * through two seq_cst atomics in Dekker style: the worker increments
  * `inside` then reads `closed`; the hook sets `closed` then reads
  * `inside`.  At least one sees the other, so either the worker stays out
@@ -475,11 +475,11 @@ static const offloop_capi capi_table = {
 
 /* ---- interpreter exit ---------------------------------------------- */
 
-/* atexit, after offloop's pool shutdown: release every ctx no worker
- * uses.  Restarts from the head after each release, since a release
- * callback may free other jobs (and so unlink them). */
-static PyObject *
-capi_atexit(PyObject *module, PyObject *unused)
+/* After offloop's pool shutdown: release every ctx no worker uses.
+ * Restarts from the head after each release, since a release callback may
+ * free other jobs (and so unlink them). */
+void
+ol_capi_at_exit(void)
 {
     unsigned gen = ol_fork_generation();
     capi_payload *p;
@@ -498,12 +498,7 @@ again:
         release_ctx_reported(p, NULL);
         goto again;
     }
-    Py_RETURN_NONE;
 }
-
-static PyMethodDef capi_atexit_def = {
-    "_capi_atexit", capi_atexit, METH_NOARGS,
-    "_capi_atexit($module, /)\n--\n\nRelease C API jobs left at exit."};
 
 /* ---- module init --------------------------------------------------- */
 
@@ -513,25 +508,6 @@ capsule_destructor(PyObject *capsule)
     if (PyCapsule_GetContext(capsule) == capi_module) {
         capi_module = NULL;
     }
-}
-
-static int
-register_atexit(PyObject *module)
-{
-    PyObject *atexit_mod, *fn, *res = NULL;
-
-    atexit_mod = PyImport_ImportModule("atexit");
-    if (atexit_mod == NULL) {
-        return -1;
-    }
-    fn = PyCFunction_New(&capi_atexit_def, module);
-    if (fn != NULL) {
-        res = PyObject_CallMethod(atexit_mod, "register", "O", fn);
-        Py_DECREF(fn);
-    }
-    Py_DECREF(atexit_mod);
-    Py_XDECREF(res);
-    return res != NULL ? 0 : -1;
 }
 
 int
@@ -555,5 +531,5 @@ ol_capi_init(PyObject *module)
         return -1;
     }
     capi_module = module; /* borrowed: the capsule dies with it */
-    return register_atexit(module);
+    return 0;
 }

@@ -4,18 +4,6 @@
  */
 #include "binding.h"
 
-ol_state *
-ol_get_state(PyObject *module)
-{
-    return (ol_state *)PyModule_GetState(module);
-}
-
-ol_state *
-ol_get_state_by_type(PyTypeObject *tp)
-{
-    return (ol_state *)PyType_GetModuleState(tp);
-}
-
 /* ---- configure, stats, shutdown ------------------------------------ */
 
 /* An int >= minimum, or None (-> *out untouched, returns 0). */
@@ -158,12 +146,15 @@ shutdown(PyObject *module, PyObject *arg)
     if (timeout == -1.0 && PyErr_Occurred()) {
         return NULL;
     }
-    /* One deadline for both steps. */
+    /* The one exit sequence, one deadline: no worker takes the GIL again
+     * (run.c), the pool stops (queued jobs forgotten), then the C API's
+     * contexts no worker uses are released. */
     timeout = ol_run_shutdown(timeout);
     Py_BEGIN_ALLOW_THREADS
     rc = ol_pool_shutdown((long)(timeout * 1000), &dropped);
     Py_END_ALLOW_THREADS
     ol_count.dropped += dropped;
+    ol_capi_at_exit();
     return PyBool_FromLong(rc == 0);
 }
 

@@ -160,44 +160,34 @@ ol_port_hold(PyObject *op, ol_pyjob *job)
     self->held_tail = job;
 }
 
-/* Move held jobs into the pool while it has room. */
+/* Move held jobs into the pool while it has room (submit.c decides). */
 static void
 submit_held(ol_state *st, OlPortObject *self)
 {
-    PyObject *loop = port_loop(self);
     int kick = 0;
 
     while (self->held_head != NULL) {
         ol_pyjob *job = self->held_head;
         ol_pyjob *next = (ol_pyjob *)job->core.done_next;
-        int rc;
+        int rc = OL_ECANCELED; /* cancelled while held: never starts */
 
-        if (ol_future_job(job->future) != job) {
-            rc = OL_ECANCELED; /* cancelled while held: never starts */
-        }
-        else {
-            job->core.port = self->port;
-            rc = ol_pool_submit(&job->core, 1);
-            if (rc == OL_EAGAIN) {
-                job->core.port = NULL;
+        if (ol_job_wanted(job)) {
+            rc = ol_pool_submit_for_port((PyObject *)self, job, &kick);
+            if (rc == 0) { /* full again: wait for the next room */
                 ol_port_wait_space(self->port);
                 break;
             }
         }
         self->held_head = next;
         if (rc < 0) {
-            job->core.port = NULL;
             ol_fail_job(st, job, rc);
         }
-        kick |= rc == 1;
     }
     if (self->held_head == NULL) {
         self->held_tail = NULL;
     }
-    if (kick && (loop == NULL ||
-                 ol_port_schedule_kick(st, (PyObject *)self, loop) < 0)) {
-        PyErr_Clear();
-        ol_pool_kick();
+    if (kick) {
+        ol_kick_later(st, (PyObject *)self, port_loop(self));
     }
 }
 
