@@ -17,9 +17,10 @@ of the machine's memory bandwidth, measured in the same run:
 4. ``top_k``, k=10, 64 queries against 200,000 x 768 (pre-normalized);
 5. loop lag: the overshoot of ``asyncio.sleep(0.001)`` on an idle loop and
    while back-to-back 100,000 x 768 ``batch_normalize`` jobs keep every
-   worker busy (the probe of bench_bridge.py), and beside them the same
-   probe while a thread only wakes the loop, at the loaded phase's rate
-   of completions: the part of the overshoot that any wakeup costs.
+   worker busy (bench_bridge.py's probe, from _common.py), and beside them
+   the same probe while a thread only wakes the loop, at the loaded
+   phase's rate of completions: the part of the overshoot that any wakeup
+   costs.
 
 Every measured round goes to ``benchmarks/results/bench_vectors-<ts>.csv``.
 See ``benchmarks/README.md`` for the method and its biases.
