@@ -5,6 +5,8 @@ every invariant and its tests is tests/README.md.
    the loop thread keeps the GIL in a pure-Python busy loop.
 2. A future is touched only on its own loop's thread, with loops in
    several threads at once.
+4. (on both loops; test_loops.py checks it on asyncio) the port's eventfd
+   stays open while its loop lives and is gone once the loop is closed.
 11. Inputs are borrowed, never copied: the job reads the caller's memory
     (a write made after the call shows in the result) and holds its
     export (resizing fails with BufferError) until it ends; outputs are
@@ -13,6 +15,7 @@ every invariant and its tests is tests/README.md.
 
 import array
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -189,6 +192,45 @@ def test_futures_of_loops_in_four_threads_are_touched_only_there(kind):
         ran_on, call_soon_threads, me = out[i]
         assert ran_on == {me}
         assert call_soon_threads == {me}
+
+
+# ---- 4: the eventfd outlives its reader, and no longer -----------------
+
+
+def _eventfds():
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]":
+                fds.add(int(name))
+        except OSError:  # the listing's own fd, closed by now
+            pass
+    return fds
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_the_ports_eventfd_lives_as_long_as_its_loop(kind):
+    if kind == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+
+    async def one_job():
+        await _testing.noop()
+
+    offloop.stats()  # a sweep: ports of loops closed earlier are gone
+    before = _eventfds()
+    loop = factory()
+    try:
+        loop.run_until_complete(one_job())
+        assert _eventfds() - before  # the port's, and uvloop's own
+        offloop.stats()  # a sweep keeps an open loop's port
+        loop.run_until_complete(one_job())  # still registered
+    finally:
+        loop.close()
+    offloop.stats()  # the sweep that releases the closed loop's port
+    assert _eventfds() - before == set()
 
 
 # ---- 11: buffers borrowed, never copied; outputs the caller owns --------
