@@ -35,9 +35,9 @@ def test_mypy_strict_accepts_the_public_api_as_users_call_it():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_the_extensions_stubs_match_the_module():
+def test_the_stubs_match_the_modules():
     pytest.importorskip("mypy.stubtest")
-    proc = run("-m", "mypy.stubtest", "offloop._core")
+    proc = run("-m", "mypy.stubtest", "offloop._core", "offloop._batched")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -58,3 +58,4 @@ def test_the_package_ships_its_types():
     pkg = importlib.resources.files(offloop)
     assert (pkg / "py.typed").is_file()
     assert (pkg / "_core.pyi").is_file()
+    assert (pkg / "_batched.pyi").is_file()

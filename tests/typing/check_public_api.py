@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import sys
 from collections.abc import Callable
-from typing import assert_type
+from typing import Any, assert_type
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,24 @@ m_view = m.data  # a memoryview (memoryview(ndarray) needs 3.12's stubs)
 
 def scale(x: F32, by: float) -> F32:
     return x * np.float32(by)
+
+
+def double_all(xs: list[float]) -> list[float]:
+    return [2 * x for x in xs]
+
+
+doubled = offloop.batched(double_all)
+
+
+@offloop.batched(max_batch=16)
+def lengths(texts: list[str]) -> list[int]:
+    return [len(t) for t in texts]
+
+
+@offloop.batched
+def norms(rows: list[F32]) -> F32:  # an array: its items are Any
+    out: F32 = np.linalg.norm(np.stack(rows), axis=1).astype(np.float32)
+    return out
 
 
 async def awaitables() -> None:
@@ -76,6 +94,13 @@ async def awaitables() -> None:
     assert_type(await offloop.run(sum, [1, 2]), int)
     assert_type(await offloop.run(len, "abc"), int)
 
+    assert_type(doubled, "offloop.Batched[float, float]")
+    assert_type(await doubled(2.0), float)
+    assert_type(lengths, "offloop.Batched[str, int]")
+    assert_type(await lengths("abc"), int)
+    assert_type(doubled(1.0), offloop.Future[float])
+    assert_type(await norms(q), Any)
+
 
 def blocking() -> None:
     assert_type(offloop.blocking.cosine_similarity(q, m[0]), float)
@@ -87,11 +112,14 @@ def blocking() -> None:
     assert_type(offloop.blocking.top_k(qs, unit, normalized=True), TopK)
     assert_type(offloop.blocking.run(scale, m, by=2.0), F32)
     assert_type(offloop.blocking.run(sum, [1, 2]), int)
+    assert_type(doubled.blocking(2.0), float)
+    assert_type(lengths.blocking("abcd"), int)
 
 
 def pool() -> None:
     assert_type(offloop.configure(threads=2), None)
     assert_type(offloop.configure(max_queue=None), None)
+    assert_type(offloop.configure(max_batch=8), None)
     assert_type(offloop.configure(), None)
     assert_type(offloop.stats(), dict[str, int])
     assert_type(offloop.stats()["threads"], int)
@@ -110,6 +138,9 @@ def _rejected() -> None:
     offloop.run(scale, m, "2")  # type: ignore[arg-type]
     offloop.blocking.run(scale, m, by="2")  # type: ignore[arg-type]
     offloop.configure(threads="2")  # type: ignore[arg-type]
+    doubled("2")  # type: ignore[arg-type]
+    offloop.batched(double_all, max_batch="3")  # type: ignore[call-overload]
+    offloop.batched(len)  # type: ignore[arg-type]
     x: str = offloop.blocking.cosine_similarity(q, q)  # type: ignore[assignment]
     del x
 
