@@ -112,10 +112,19 @@ def _recording(loop_class):
     return Recording
 
 
-def _every_kind_of_job(m, x):
+# Shared by the four loops' threads: their one-query top_k calls on it,
+# and their calls of one batched wrapper, may share a run (coalescing).
+SHARED_M = np.random.default_rng(9).random((20_000, 32), dtype=np.float32)
+SHARED_BATCHED = offloop.batched(lambda items: [i * 2 for i in items])
+
+
+def _every_kind_of_job(m, x, index):
     """One future of each kind the public API makes, some resolving, one
-    failing, one cancelled while queued."""
+    failing, one cancelled while queued; some may be coalesced with other
+    loops' jobs."""
     return {
+        "coalesced_top_k": offloop.top_k(SHARED_M[index], SHARED_M, k=2),
+        "batched": SHARED_BATCHED(index),
         "noop": _testing.noop(),
         "spin": _testing.spin(1000),
         "fail": _testing.fail("boom"),
@@ -137,7 +146,7 @@ def _loop_thread(kind, index, out, errors, start):
         start.wait(30)  # every thread submits at the same moment
         ran_on, futs = set(), {}
         for rep in range(20):
-            for name, fut in _every_kind_of_job(m, x).items():
+            for name, fut in _every_kind_of_job(m, x, index).items():
                 assert fut.get_loop() is loop
                 fut.add_done_callback(
                     lambda _f: ran_on.add(threading.get_ident()))
