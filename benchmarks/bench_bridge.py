@@ -27,20 +27,31 @@ Usage::
 import argparse
 import asyncio
 import concurrent.futures
-import csv
 import datetime
-import gc
+import functools
 import hashlib
 import os
 import platform
-import random
 import statistics
-import subprocess
 import sys
-import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import (
+    Feeder,
+    Recorder,
+    fmt_us,
+    git_commit,
+    loaded_probe,
+    loop_factories,
+    machine,
+    percentile,
+    probe,
+    probe_bare_wakeups,
+    run_rounds,
+    steal_pct,
+    steal_ticks,
+    verdict,
+)
 
 # Goals (see DESIGN.md, "One job, end to end").  Ratios are "times faster
 # than the baseline" unless noted.
@@ -52,7 +63,6 @@ GOAL_RUN_TO_THREAD = 5.0
 GOAL_P99_EXTRA_MS = 0.5  # loaded p99 overshoot - idle p99 overshoot
 
 SPIN_JOB_S = 0.005  # one CPU job of the responsiveness test
-SLEEP_S = 0.001  # the probe's sleep
 
 
 def noop_py():
@@ -61,179 +71,25 @@ def noop_py():
 
 # ---------------------------------------------------------------- helpers
 
-
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return float("nan")
-    i = min(
-        len(sorted_values) - 1,
-        max(0, round(q * (len(sorted_values) - 1))),
-    )
-    return sorted_values[i]
+RECORD_FIELDS = ("loop", "case", "impl", "round", "n", "total_s",
+                 "us_per_job", "p50_us", "p99_us", "max_us", "wakeups",
+                 "resolved", "note")
 
 
-def fmt_us(x):
-    """Microseconds, 3 significant digits."""
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
-
-
-def verdict(ok):
-    return "PASS" if ok else "MISS"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit():
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            check=False,
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                "src",
-                "python",
-                "include",
-            ],
-            check=False,
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if out.returncode == 0:
-            commit = out.stdout.strip()
-            if dirty.returncode == 0 and dirty.stdout.strip():
-                commit += "+dirty"
-            return commit
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
-def steal_ticks():
-    """(steal, total) jiffies of all CPUs so far, from /proc/stat.
-
-    Steal is the time the hypervisor ran something else while this VM had
-    work: on a shared VM it, not our code, can set a run's tails.
-    """
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    # user nice system idle iowait irq softirq steal (guest is in user)
-    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
-
-
-def steal_pct(before, after):
-    """Percent of CPU time stolen between two steal_ticks() readings."""
-    total = after[1] - before[1]
-    return 100.0 * (after[0] - before[0]) / total if total > 0 else 0.0
-
-
-def write_csv(path, fields, rows):
-    """Write dict rows to a CSV file, creating its folder."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        w.writeheader()
-        w.writerows(rows)
-
-
-class Recorder:
-    """Collects one CSV row per measured round."""
-
-    FIELDS = (
-        "run",
-        "commit",
-        "python",
-        "loop",
-        "case",
-        "impl",
-        "round",
-        "n",
-        "total_s",
-        "us_per_job",
-        "p50_us",
-        "p99_us",
-        "max_us",
-        "wakeups",
-        "resolved",
-        "note",
-    )
-
-    def __init__(self, run_id, commit):
-        self.rows = []
-        self.run_id = run_id
-        self.commit = commit
-
-    def add(self, loop, case, impl, rnd, n, total_s=None, **extra):
-        row = {
-            "run": self.run_id,
-            "commit": self.commit,
-            "python": platform.python_version(),
-            "loop": loop,
-            "case": case,
-            "impl": impl,
-            "round": rnd,
-            "n": n,
-            "total_s": "" if total_s is None else f"{total_s:.6f}",
-            "us_per_job": ""
-            if total_s is None
-            else f"{total_s / n * 1e6:.4f}",
-        }
-        for k, v in extra.items():
-            row[k] = f"{v:.4f}" if isinstance(v, float) else v
-        self.rows.append(row)
-
-    def write(self, path):
-        write_csv(path, self.FIELDS, self.rows)
-
-
-def loop_factories(spec, error):
-    """{name: factory} for a comma-separated list of asyncio,uvloop."""
-    factories = {}
-    for name in [s.strip() for s in spec.split(",") if s.strip()]:
-        if name == "asyncio":
-            factories[name] = asyncio.new_event_loop
-        elif name == "uvloop":
-            try:
-                import uvloop
-            except ImportError:
-                print("uvloop not installed: skipped", file=sys.stderr)
-                continue
-            factories[name] = uvloop.new_event_loop
-        else:
-            error(f"unknown loop {name!r}")
-    return factories
-
-
-def rotated(items, k):
-    k %= len(items)
-    return items[k:] + items[:k]
+def record(rec, loop, case, impl, rnd, n, total_s=None, **extra):
+    """One CSV row: the round's total and per-job cost, and ``extra``."""
+    row = {
+        "loop": loop,
+        "case": case,
+        "impl": impl,
+        "round": rnd,
+        "n": n,
+        "total_s": "" if total_s is None else f"{total_s:.6f}",
+        "us_per_job": "" if total_s is None else f"{total_s / n * 1e6:.4f}",
+    }
+    for k, v in extra.items():
+        row[k] = f"{v:.4f}" if isinstance(v, float) else v
+    rec.add(**row)
 
 
 # ------------------------------------------------- case 1: gather N jobs
@@ -296,24 +152,21 @@ async def gather_offloop_run(n):
 
 
 async def measure_rounds(impls, n, rounds, warmup, on_result):
-    """Run each impl once per round, in a rotated order; warm-up unrecorded.
-
-    ``impls`` is a list of (name, coroutine function of n).  Returns
-    {name: [seconds per round]}.
+    """run_rounds() of (name, coroutine function of n) pairs, each with
+    offloop.stats() read before and after; on_result(name, rnd, dt, s0,
+    s1) per recorded round.  Returns {name: [seconds per round]}.
     """
     import offloop
 
-    results = {name: [] for name, _ in impls}
-    for rnd in range(-warmup, rounds):
-        for name, fn in rotated(impls, rnd):
-            gc.collect()
-            s0 = offloop.stats()
-            dt = await fn(n)
-            s1 = offloop.stats()
-            if rnd >= 0:
-                results[name].append(dt)
-                on_result(name, rnd, dt, s0, s1)
-    return results
+    async def counted(fn):
+        s0 = offloop.stats()
+        dt = await fn(n)
+        return dt, s0, offloop.stats()
+
+    res = await run_rounds(
+        [(name, functools.partial(counted, fn)) for name, fn in impls],
+        rounds, warmup, lambda name, rnd, v: on_result(name, rnd, *v))
+    return {name: [v[0] for v in values] for name, values in res.items()}
 
 
 async def case_gather(ctx):
@@ -335,7 +188,7 @@ async def case_gather(ctx):
             rs = s1["resolved"] - s0["resolved"]
             extra = {"wakeups": wk, "resolved": rs}
             batches.append((rs, wk))
-        rec.add(loopname, "gather_noop", name, rnd, n, dt, **extra)
+        record(rec, loopname, "gather_noop", name, rnd, n, dt, **extra)
 
     res = await measure_rounds(
         impls, n, ctx["rounds"], ctx["warmup"], on_result
@@ -410,34 +263,36 @@ async def seq_executor(m, lat):
 async def case_sequential(ctx):
     loopname, m, rec = ctx["loop"], ctx["seq"], ctx["rec"]
     impls = [("offloop", seq_offloop), ("run_in_executor", seq_executor)]
-    totals = {k: [] for k, _ in impls}
     lats = {k: [] for k, _ in impls}
-    for rnd in range(-ctx["warmup"], ctx["rounds"]):
-        for name, fn in rotated(impls, rnd):
-            gc.collect()
-            lat = []
-            dt = await fn(m, lat)
-            if rnd < 0:
-                continue
-            lat.sort()
-            totals[name].append(dt)
-            lats[name].extend(lat)
-            rec.add(
-                loopname,
-                "sequential_noop",
-                name,
-                rnd,
-                m,
-                dt,
-                p50_us=percentile(lat, 0.5) * 1e6,
-                p99_us=percentile(lat, 0.99) * 1e6,
-                max_us=lat[-1] * 1e6,
-            )
-    best = {k: min(v) / m * 1e6 for k, v in totals.items()}
+
+    async def one(fn):
+        lat = []
+        dt = await fn(m, lat)
+        return dt, lat
+
+    def on_round(name, rnd, value):
+        dt, lat = value
+        lats[name].extend(lat)
+        record(
+            rec,
+            loopname,
+            "sequential_noop",
+            name,
+            rnd,
+            m,
+            dt,
+            p50_us=percentile(lat, 50) * 1e6,
+            p99_us=percentile(lat, 99) * 1e6,
+            max_us=max(lat) * 1e6,
+        )
+
+    res = await run_rounds(
+        [(name, functools.partial(one, fn)) for name, fn in impls],
+        ctx["rounds"], ctx["warmup"], on_round)
+    best = {k: min(v[0] for v in vs) / m * 1e6 for k, vs in res.items()}
     pct = {}
     for k, v in lats.items():
-        v.sort()
-        pct[k] = (percentile(v, 0.5) * 1e6, percentile(v, 0.99) * 1e6)
+        pct[k] = (percentile(v, 50) * 1e6, percentile(v, 99) * 1e6)
     r = best["run_in_executor"] / best["offloop"]
     g = GOAL_SEQ_EXECUTOR[loopname]
     ok = r >= g
@@ -472,7 +327,7 @@ async def case_run(ctx):
             rs = s1["resolved"] - s0["resolved"]
             extra = {"wakeups": wk, "resolved": rs}
             batches.append((rs, wk))
-        rec.add(loopname, "gather_run_py", name, rnd, n, dt, **extra)
+        record(rec, loopname, "gather_run_py", name, rnd, n, dt, **extra)
 
     res = await measure_rounds(
         impls, n, ctx["rounds"], ctx["warmup"], on_result
@@ -496,88 +351,6 @@ async def case_run(ctx):
 # ------------------------------------------ case 4: loop responsiveness
 
 
-async def probe(samples):
-    """Overshoot of asyncio.sleep(1 ms), in seconds, sorted."""
-    pc = time.perf_counter
-    out = []
-    for _ in range(samples):
-        s = pc()
-        await asyncio.sleep(SLEEP_S)
-        out.append(pc() - s - SLEEP_S)
-    out.sort()
-    return out
-
-
-async def probe_bare_wakeups(rate, samples, seed=4):
-    """probe(samples) while a thread wakes the loop ``rate`` times a second
-    with no CPU work at all: it writes a pipe the loop reads, as a worker's
-    eventfd does.  The wakeups come at random moments (Poisson), as
-    completions land relative to the probe's sleeps; a periodic writer
-    falls into step with the probe and understates the cost.  What a
-    bridge with that completion rate cannot go below."""
-    loop = asyncio.get_running_loop()
-    rng = random.Random(seed)
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    loop.add_reader(r, os.read, r, 4096)
-    stop = threading.Event()
-
-    def waker():
-        due = time.perf_counter()
-        while not stop.is_set():
-            due += rng.expovariate(rate)
-            time.sleep(max(0.0, due - time.perf_counter()))
-            os.write(w, b"x")
-
-    t = threading.Thread(target=waker)
-    t.start()
-    try:
-        return await probe(samples)
-    finally:
-        stop.set()
-        t.join()
-        loop.remove_reader(r)
-        os.close(r)
-        os.close(w)
-
-
-class Feeder:
-    """Keeps ``width`` CPU jobs in flight, resubmitting as each completes."""
-
-    def __init__(self, submit, width):
-        self.submit = submit
-        self.width = width
-        self.running = False
-        self.inflight = set()
-        self.done = 0
-        self.max_submit = 0.0  # slowest submit call, seconds (loop blocked)
-
-    def _start_one(self):
-        t0 = time.perf_counter()
-        fut = self.submit()
-        self.max_submit = max(self.max_submit, time.perf_counter() - t0)
-        self.inflight.add(fut)
-        fut.add_done_callback(self._on_done)
-
-    def _on_done(self, fut):
-        self.inflight.discard(fut)
-        if not fut.cancelled():
-            fut.exception()  # mark retrieved; errors would show in the count
-            self.done += 1
-        if self.running:
-            self._start_one()
-
-    def start(self):
-        self.running = True
-        for _ in range(self.width):
-            self._start_one()
-
-    async def stop(self):
-        self.running = False
-        while self.inflight:
-            await asyncio.gather(*list(self.inflight), return_exceptions=True)
-
-
 def calibrate_spin(target_s):
     from offloop import _testing
 
@@ -599,25 +372,6 @@ def calibrate_sha256(target_s):
         best = min(best, time.perf_counter() - t0)
     size = max(1 << 16, int(len(buf) * target_s / best))
     return bytes(size)
-
-
-async def loaded_probe(feeder, samples, settle=0.05):
-    """Probe while ``feeder`` keeps the workers busy.
-
-    Returns (overshoots, CPUs the process used, CPU jobs completed,
-    slowest submit in seconds).
-    """
-    feeder.start()
-    await asyncio.sleep(settle)  # let every worker get going
-    done0 = feeder.done
-    c0 = time.process_time()  # CPU time of every thread of this process
-    t0 = time.perf_counter()
-    lat = await probe(samples)
-    elapsed = time.perf_counter() - t0
-    cores = (time.process_time() - c0) / elapsed
-    jobs = feeder.done - done0
-    await feeder.stop()
-    return lat, cores, jobs, feeder.max_submit
 
 
 async def case_responsiveness(ctx):
@@ -665,44 +419,46 @@ async def case_responsiveness(ctx):
     lats = {name: [] for name, _ in phases}
     cpu = {name: [] for name, _ in phases}
     submit = {name: 0.0 for name, _ in phases}
+
+    def on_block(name, b, value):
+        lat, cores, jobs, sub = value
+        lats[name].extend(lat)
+        note = ""
+        if cores is not None:
+            cpu[name].append(cores)
+            submit[name] = max(submit[name], sub)
+            note = (
+                f"cpu_jobs={jobs} process_cpu_cores={cores:.2f}"
+                f" max_submit_us={sub * 1e6:.1f}"
+            )
+        record(
+            rec,
+            loopname,
+            "sleep_overshoot",
+            name,
+            b,
+            len(lat),
+            p50_us=percentile(lat, 50) * 1e6,
+            p99_us=percentile(lat, 99) * 1e6,
+            max_us=max(lat) * 1e6,
+            note=note,
+        )
+
     try:
-        for b in range(blocks):
-            for name, fn in rotated(phases, b):
-                gc.collect()
-                lat, cores, jobs, sub = await fn()
-                lats[name].extend(lat)
-                note = ""
-                if cores is not None:
-                    cpu[name].append(cores)
-                    submit[name] = max(submit[name], sub)
-                    note = (
-                        f"cpu_jobs={jobs} process_cpu_cores={cores:.2f}"
-                        f" max_submit_us={sub * 1e6:.1f}"
-                    )
-                rec.add(
-                    loopname,
-                    "sleep_overshoot",
-                    name,
-                    b,
-                    len(lat),
-                    p50_us=percentile(lat, 0.5) * 1e6,
-                    p99_us=percentile(lat, 0.99) * 1e6,
-                    max_us=lat[-1] * 1e6,
-                    note=note,
-                )
+        await run_rounds(phases, blocks, 0, on_block)
     finally:
         if ex is not None:
             ex.shutdown()
 
     res = {}
     for name, v in lats.items():
-        v.sort()
         res[name] = (
-            percentile(v, 0.5) * 1e3,
-            percentile(v, 0.99) * 1e3,
-            v[-1] * 1e3,
+            percentile(v, 50) * 1e3,
+            percentile(v, 99) * 1e3,
+            max(v) * 1e3,
         )
-        rec.add(
+        record(
+            rec,
             loopname,
             "sleep_overshoot",
             name,
@@ -710,7 +466,7 @@ async def case_responsiveness(ctx):
             len(v),
             p50_us=res[name][0] * 1e3,
             p99_us=res[name][1] * 1e3,
-            max_us=v[-1] * 1e6,
+            max_us=max(v) * 1e6,
         )
     i50, i99, imax = res["idle"]
     l50, l99, lmax = res["offloop_spin"]
@@ -869,10 +625,7 @@ def main(argv=None):
 
         versions.append(f"anyio {version('anyio')}")
     print(f"# bench_bridge {ts}", flush=True)
-    print(
-        f"# machine: {platform.platform()} | {os.cpu_count()} CPUs"
-        f" | {cpu_model()}"
-    )
+    print(f"# machine: {machine()}")
     print(
         f"# python {platform.python_version()}"
         f" ({platform.python_implementation()}) | {' | '.join(versions)}"
@@ -900,7 +653,7 @@ def main(argv=None):
             flush=True,
         )
 
-    rec = Recorder(ts, commit)
+    rec = Recorder("bench_bridge", RECORD_FIELDS, ts, commit)
     goals = []
     t_start, steal_start = time.perf_counter(), steal_ticks()
     for name, factory in factories.items():
@@ -923,8 +676,7 @@ def main(argv=None):
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(bench_loop(ctx))
 
-    path = args.csv or os.path.join(HERE, "results", f"bench_bridge-{ts}.csv")
-    rec.write(path)
+    path = rec.write(args.csv)
     passed = sum(1 for _, ok in goals if ok)
     missed = [g for g, ok in goals if not ok]
     print(

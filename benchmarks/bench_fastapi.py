@@ -2,9 +2,9 @@
 
 uvicorn serves examples/fastapi_app.py (plus three extra routes) in a
 subprocess on 127.0.0.1, once per event loop (asyncio, then uvloop), with
-httptools as its HTTP parser when installed.  A load generator keeps a fixed number of
-POST /search requests in flight for a fixed time against each variant in
-turn; what people write today is the baseline:
+httptools as its HTTP parser when installed.  A load generator keeps a
+fixed number of POST /search requests in flight for a fixed time against
+each variant in turn; what people write today is the baseline:
 
   (a) sync        numpy top-k (``m @ q``, ``argpartition``, sort of the k
                   best) called inside ``async def``: the loop thread waits
@@ -41,7 +41,6 @@ the goals with PASS/MISS, writes a CSV to benchmarks/results/ and a chart
 
 import argparse
 import asyncio
-import csv
 import datetime
 import json
 import os
@@ -51,15 +50,22 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from _common import (
+    LOOPS,
+    Recorder,
+    git_commit,
+    percentile,
+    steal_pct,
+    steal_ticks,
+    verdict,
+)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bridge import steal_pct, steal_ticks  # noqa: E402
 VARIANTS = [("sync", "/search-sync"),
             ("threadpool", "/search-threadpool"),
             ("offloop", "/search"),
@@ -246,8 +252,9 @@ async def load_python(port, path, bodies, concurrency, duration):
     elapsed = time.perf_counter() - t0
     stop.set()
     await probe
-    return {"rps": len(lat) / elapsed, "p50_ms": pct(lat, 50) * 1e3,
-            "p99_ms": pct(lat, 99) * 1e3, "requests": len(lat),
+    return {"rps": len(lat) / elapsed,
+            "p50_ms": percentile(lat, 50) * 1e3,
+            "p99_ms": percentile(lat, 99) * 1e3, "requests": len(lat),
             "errors": len(errors)}, health
 
 
@@ -340,13 +347,6 @@ async def load_wrk(wrk, lua, port, path, concurrency, duration, probe=True):
 # ---- helpers ----------------------------------------------------------
 
 
-def pct(values, q):
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] \
-        if len(values) > 1 else values[0]
-
-
 def post(port, path, body):
     async def go():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -381,15 +381,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                              cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except OSError:
-        return "?"
 
 
 def chart(rows, path, title):
@@ -440,10 +431,6 @@ def default_http():
     return "httptools"
 
 
-def verdict(ok):
-    return "PASS" if ok else "MISS"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10,
@@ -487,7 +474,7 @@ def main():
     if args.quick:
         args.duration, args.warmup = 4, 1
     for loop in args.loops.split(","):
-        if loop not in ("asyncio", "uvloop"):
+        if loop not in LOOPS:
             parser.error(f"--loops: unknown event loop {loop!r} "
                          "(asyncio, uvloop)")
 
@@ -514,8 +501,9 @@ def main():
         env.pop("OPENBLAS_NUM_THREADS", None)
     blas = env.get("OPENBLAS_NUM_THREADS", f"default ({os.cpu_count()})")
     load1, load5, _ = os.getloadavg()
+    commit = git_commit()
     print(f"# bench_fastapi: {platform.machine()}, {os.cpu_count()} CPUs,"
-          f" Python {platform.python_version()}, commit {commit()}, "
+          f" Python {platform.python_version()}, commit {commit}, "
           f"load average {load1:.2f} / {load5:.2f} (1 / 5 min)")
     body_desc = ("384 floats in JSON (~3.6 kB)" if args.body == "query" else
                  '{"like": i}: row i of the matrix as the query')
@@ -542,18 +530,17 @@ def main():
         report_goals(loop, {v: by[loop, v]
                             for v in [n for n, _ in VARIANTS] + [NO_WORK]})
 
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    with open(out / f"bench_fastapi-{stamp}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rec = Recorder("bench_fastapi", list(rows[0]), stamp, commit)
+    for row in rows:
+        rec.add(**row)
+    rec.write()
     if not args.no_chart:
         chart(rows, pathlib.Path(args.chart),
               f"POST /search: numpy vs offloop, {args.rows:,} x {DIM}, "
-              f"top-{K}, {args.concurrency} connections ({client.split(',')[0]})"
-              f", {os.cpu_count()} CPUs, commit {commit()}")
+              f"top-{K}, {args.concurrency} connections"
+              f" ({client.split(',')[0]}), {os.cpu_count()} CPUs,"
+              f" commit {commit}")
         print(f"chart: {args.chart}")
 
 
@@ -576,7 +563,8 @@ def bench_server(args, env, loop, wrk, lua, bodies):
         idle = asyncio.run(probe_idle(port, 2.0))
         s1 = steal_ticks()
         print(f"[{loop}] GET /health with no load: p50 "
-              f"{pct(idle, 50) * 1e3:.2f} ms, p99 {pct(idle, 99) * 1e3:.2f} ms"
+              f"{percentile(idle, 50) * 1e3:.2f} ms, p99 "
+              f"{percentile(idle, 99) * 1e3:.2f} ms"
               f" ({len(idle)} probes), steal {steal_pct(s0, s1):.0f}%")
         print(f"[{loop}] {'variant':<27}{'req/s':>8}{'p50 ms':>9}"
               f"{'p99 ms':>9}{'health p99 ms':>15}{'steal %':>9}"
@@ -612,8 +600,8 @@ def load_variant(args, loop, port, wrk, lua, bodies, name, path):
         row, health = asyncio.run(load_python(
             port, path, bodies, args.concurrency, args.duration))
     row = {"loop": loop, "variant": name, **row,
-           "health_p50_ms": pct(health, 50) * 1e3,
-           "health_p99_ms": pct(health, 99) * 1e3,
+           "health_p50_ms": percentile(health, 50) * 1e3,
+           "health_p99_ms": percentile(health, 99) * 1e3,
            "health_n": len(health),
            "steal_pct": steal_pct(s0, steal_ticks())}
     print(f"[{loop}] {name:<27}{row['rps']:8.1f}{row['p50_ms']:9.2f}"

@@ -17,9 +17,10 @@ of the machine's memory bandwidth, measured in the same run:
 4. ``top_k``, k=10, 64 queries against 200,000 x 768 (pre-normalized);
 5. loop lag: the overshoot of ``asyncio.sleep(0.001)`` on an idle loop and
    while back-to-back 100,000 x 768 ``batch_normalize`` jobs keep every
-   worker busy (the probe of bench_bridge.py), and beside them the same
-   probe while a thread only wakes the loop, at the loaded phase's rate
-   of completions: the part of the overshoot that any wakeup costs.
+   worker busy (bench_bridge.py's probe, from _common.py), and beside them
+   the same probe while a thread only wakes the loop, at the loaded
+   phase's rate of completions: the part of the overshoot that any wakeup
+   costs.
 
 Every measured round goes to ``benchmarks/results/bench_vectors-<ts>.csv``.
 See ``benchmarks/README.md`` for the method and its biases.
@@ -34,29 +35,25 @@ Usage::
 import argparse
 import concurrent.futures
 import datetime
-import gc
 import os
 import platform
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from bench_bridge import (  # noqa: E402  (the bridge's probe and helpers)
+from _common import (
     Feeder,
-    cpu_model,
+    Recorder,
     git_commit,
     loaded_probe,
     loop_factories,
+    machine,
     percentile,
-    probe_bare_wakeups,
     probe,
-    rotated,
+    probe_bare_wakeups,
+    run_rounds,
     steal_pct,
     steal_ticks,
+    timed,
     verdict,
-    write_csv,
 )
 
 # Goals, from the issue.  Ratios are "times faster than numpy".
@@ -81,26 +78,17 @@ K = 10
 # ---------------------------------------------------------------- helpers
 
 
-class Recorder:
-    """One CSV row per measured round."""
+RECORD_FIELDS = ("loop", "case", "impl", "round", "seconds", "gb_per_s",
+                 "note")
 
-    FIELDS = ("run", "commit", "python", "isa", "loop", "case", "impl",
-              "round", "seconds", "gb_per_s", "note")
 
-    def __init__(self, run_id, commit, isa):
-        self.rows = []
-        self.base = {"run": run_id, "commit": commit, "isa": isa,
-                     "python": platform.python_version()}
-
-    def add(self, loop, case, impl, rnd, seconds, nbytes=None, note=""):
-        row = dict(self.base, loop=loop, case=case, impl=impl, round=rnd,
-                   seconds=f"{seconds:.9f}", note=note)
-        if nbytes:
-            row["gb_per_s"] = f"{nbytes / seconds / 1e9:.3f}"
-        self.rows.append(row)
-
-    def write(self, path):
-        write_csv(path, self.FIELDS, self.rows)
+def record(rec, loop, case, impl, rnd, seconds, nbytes=None, note=""):
+    """One CSV row: the round's seconds, and GB/s when ``nbytes``."""
+    row = dict(loop=loop, case=case, impl=impl, round=rnd,
+               seconds=f"{seconds:.9f}", note=note)
+    if nbytes:
+        row["gb_per_s"] = f"{nbytes / seconds / 1e9:.3f}"
+    rec.add(**row)
 
 
 def blas_line():
@@ -122,20 +110,12 @@ def blas_line():
     return text + (f" [{' '.join(env)}]" if env else " [threads: default]")
 
 
-async def timed(impls, rounds, warmup, on_round):
-    """Run each impl (an async callable) once per round, order rotated
-    from round to round; return {name: best seconds}."""
-    best = {name: float("inf") for name, _ in impls}
-    for rnd in range(-warmup, rounds):
-        for name, fn in rotated(impls, max(rnd, 0)):
-            gc.collect()
-            t0 = time.perf_counter()
-            await fn()
-            dt = time.perf_counter() - t0
-            if rnd >= 0:
-                best[name] = min(best[name], dt)
-                on_round(name, rnd, dt)
-    return best
+async def best_of(impls, rounds, warmup, on_round):
+    """run_rounds() of timed impls (async callables); return {name: best
+    seconds}."""
+    res = await run_rounds([(name, timed(fn)) for name, fn in impls],
+                           rounds, warmup, on_round)
+    return {name: min(values) for name, values in res.items()}
 
 
 def ms(s):
@@ -186,7 +166,7 @@ class Bandwidth:
             yield n, lambda ex=ex, parts=parts: list(ex.map(fn, parts))
 
     def impls(self, x, fn):
-        """timed() impls of fn over x, to run in the same rotated rounds as
+        """best_of() impls of fn over x, to run in the same rotated rounds as
         the kernel they are a reference for: the machine's bandwidth drifts
         by half within minutes here, so only a side-by-side figure is a
         fair denominator."""
@@ -211,8 +191,8 @@ class Bandwidth:
                     t0 = time.perf_counter()
                     go()
                     dt = time.perf_counter() - t0
-                    rec.add("-", "bandwidth", f"{name}_x{n}", rnd, dt,
-                            nbytes)
+                    record(rec, "-", "bandwidth", f"{name}_x{n}", rnd, dt,
+                           nbytes)
                     if name == "scale":
                         best_rw = max(best_rw, nbytes / dt)
                     else:
@@ -221,7 +201,7 @@ class Bandwidth:
 
 
 def side_by_side(best, prefix, nbytes):
-    """The best bandwidth (bytes/s) among the timed() impls named
+    """The best bandwidth (bytes/s) among the best_of() impls named
     prefix*."""
     return max(nbytes / t for name, t in best.items()
                if name.startswith(prefix))
@@ -252,11 +232,11 @@ async def case_cosine(ctx):
             a @ b / (norm(a) * norm(b))
 
     per = {"offloop": n, "numpy": nn}
-    best = await timed(
+    best = await best_of(
         [("offloop", ours), ("numpy", numpy_sync)], ctx["rounds"],
         ctx["warmup"],
-        lambda name, rnd, dt: rec.add(loopname, "cosine_768", name, rnd,
-                                      dt / per[name]))
+        lambda name, rnd, dt: record(rec, loopname, "cosine_768", name,
+                                     rnd, dt / per[name]))
     us = best["offloop"] / n * 1e6
     np_us = best["numpy"] / nn * 1e6
     ratio = np_us / us
@@ -302,13 +282,13 @@ async def case_normalize(ctx):
     async def np_einsum():
         numpy_normalize_einsum(x, tmp)
 
-    best = await timed(
+    best = await best_of(
         [("offloop", ours), ("numpy_norm", np_norm),
          ("numpy_einsum", np_einsum)]
         + ctx["bandwidth"].impls(x, scale_in_place),
         ctx["rounds"], ctx["warmup"],
-        lambda name, rnd, dt: rec.add(ctx["loop"], f"normalize_{n}", name,
-                                      rnd, dt, 2 * x.nbytes))
+        lambda name, rnd, dt: record(rec, ctx["loop"], f"normalize_{n}",
+                                     name, rnd, dt, 2 * x.nbytes))
     bw_rw = side_by_side(best, "bw_", 2 * x.nbytes)
     np_best = min(best["numpy_norm"], best["numpy_einsum"])
     np_name = ("norm" if best["numpy_norm"] <= best["numpy_einsum"]
@@ -347,11 +327,12 @@ async def case_normalize_small(ctx):
     async def np_norm():
         numpy_normalize_norm(x)
 
-    best = await timed(
+    best = await best_of(
         [("offloop", ours), ("numpy_einsum", np_best),
          ("numpy_norm", np_norm)], ctx["rounds"], ctx["warmup"],
-        lambda name, rnd, dt: ctx["rec"].add(ctx["loop"], "normalize_5000",
-                                             name, rnd, dt, 2 * x.nbytes))
+        lambda name, rnd, dt: record(ctx["rec"], ctx["loop"],
+                                     "normalize_5000", name, rnd, dt,
+                                     2 * x.nbytes))
     npb = min(best["numpy_einsum"], best["numpy_norm"])
     print(f"batch_normalize 5,000 x {D}: {ms(best['offloop'])}"
           f" | numpy best {ms(npb)} ({npb / best['offloop']:.1f}x)"
@@ -419,14 +400,14 @@ async def case_topk_one(ctx):
         res["np_raw"] = numpy_topk(s, K)
 
     nbytes = m_unit.nbytes
-    best = await timed(
+    best = await best_of(
         [("offloop_unit", ours_unit), ("numpy_unit", np_unit),
          ("offloop_raw", ours_raw), ("numpy_raw_norm", np_raw_norm),
          ("numpy_raw_einsum", np_raw_einsum)]
         + ctx["bandwidth"].impls(m_unit, read_or),
         ctx["rounds"], ctx["warmup"],
-        lambda name, rnd, dt: rec.add(ctx["loop"], "topk_1q", name, rnd, dt,
-                                      nbytes))
+        lambda name, rnd, dt: record(rec, ctx["loop"], "topk_1q", name, rnd,
+                                     dt, nbytes))
     bw_r = side_by_side(best, "bw_", nbytes)
     check_agree(res["ours_unit"], res["np_unit"], "top_k unit")
     check_agree(res["ours_raw"], res["np_raw"], "top_k raw")
@@ -478,11 +459,11 @@ async def case_topk_many(ctx):
         qn = q / np.linalg.norm(q, axis=1, keepdims=True)
         res["np"] = numpy_topk(qn @ m_unit.T, K)
 
-    best = await timed(
+    best = await best_of(
         [("offloop", ours), ("numpy", numpy_mm)], ctx["rounds"],
         ctx["warmup"],
-        lambda name, rnd, dt: ctx["rec"].add(ctx["loop"], "topk_many", name,
-                                             rnd, dt, m_unit.nbytes))
+        lambda name, rnd, dt: record(ctx["rec"], ctx["loop"], "topk_many",
+                                     name, rnd, dt, m_unit.nbytes))
     check_agree(res["ours"], res["np"], "top_k many")
     r = best["numpy"] / best["offloop"]
     ok = r >= GOAL_TOPK64_RATIO
@@ -530,23 +511,24 @@ async def case_lag(ctx):
               ("bare_wakeups", bare_wakeups)]
     await probe(min(200, per_block))  # warm-up
     lats = {name: [] for name, _ in phases}
-    cores, jobs, slowest = [], 0, 0.0
-    for b in range(ctx["blocks"]):
-        for name, fn in rotated(phases, b):
-            gc.collect()
-            lat, c, j, sub = await fn()
-            lats[name].extend(lat)
-            rec.add(loopname, "sleep_overshoot", name, b,
-                    percentile(lat, 0.99), note=f"p99 of {len(lat)}")
-            if c is not None:
-                cores.append(c)
-                jobs += j
-                slowest = max(slowest, sub)
+    cores, loaded_jobs, slowest = [], [], [0.0]
+
+    def on_block(name, b, value):
+        lat, c, j, sub = value
+        lats[name].extend(lat)
+        record(rec, loopname, "sleep_overshoot", name, b,
+               percentile(lat, 99), note=f"p99 of {len(lat)}")
+        if c is not None:
+            cores.append(c)
+            loaded_jobs.append(j)
+            slowest[0] = max(slowest[0], sub)
+
+    await run_rounds(phases, ctx["blocks"], 0, on_block)
+    jobs, slowest = sum(loaded_jobs), slowest[0]
     res = {}
     for name, v in lats.items():
-        v.sort()
-        res[name] = (percentile(v, 0.5) * 1e3, percentile(v, 0.99) * 1e3,
-                     v[-1] * 1e3)
+        res[name] = (percentile(v, 50) * 1e3, percentile(v, 99) * 1e3,
+                     max(v) * 1e3)
     extra = res["normalize"][1] - res["idle"][1]
     ok = extra <= GOAL_P99_EXTRA_MS
     ctx["goals"].append((f"[{loopname}] sleep p99 under normalize", ok))
@@ -662,8 +644,7 @@ def main(argv=None):
     commit = git_commit()
     threads = offloop.stats()["threads"]
     print(f"# bench_vectors {ts}", flush=True)
-    print(f"# machine: {platform.platform()} | {os.cpu_count()} CPUs"
-          f" | {cpu_model()}")
+    print(f"# machine: {machine()}")
     print(f"# python {platform.python_version()} | offloop"
           f" {offloop.__version__} @ {commit} | numpy {np.__version__}")
     print(f"# numpy BLAS: {blas_line()}")
@@ -675,7 +656,8 @@ def main(argv=None):
 
     t_start, steal_start = time.perf_counter(), steal_ticks()
     data = make_data(args)
-    rec = Recorder(ts, commit, _core._isa())
+    rec = Recorder("bench_vectors", RECORD_FIELDS, ts, commit,
+                   isa=_core._isa())
     bandwidth = Bandwidth(threads)
     bw_rw, bw_r = bandwidth.best(data["m_raw"], max(2, args.rounds), rec)
     print(f"# memory bandwidth at start (numpy, best of 1 and {threads}"
@@ -698,9 +680,7 @@ def main(argv=None):
             loop.close()
     bandwidth.close()
 
-    path = args.csv or os.path.join(HERE, "results",
-                                    f"bench_vectors-{ts}.csv")
-    rec.write(path)
+    path = rec.write(args.csv)
     passed = sum(ok for _, ok in goals)
     print(f"# goals: {passed}/{len(goals)} PASS"
           + "".join(f" | MISS {g}" for g, ok in goals if not ok))

@@ -13,14 +13,18 @@ import asyncio
 import hashlib
 import statistics
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import offloop
 from offloop import _testing
 
 DATA = b"offloop" * 30_000_000  # about 200 MB
 
+T = TypeVar("T")
 
-async def heartbeat(lateness, stop):
+
+async def heartbeat(lateness: list[float], stop: asyncio.Event) -> None:
     """Sleep 1 ms at a time; record how late each wake-up is, in ms."""
     while not stop.is_set():
         t0 = time.perf_counter()
@@ -28,8 +32,9 @@ async def heartbeat(lateness, stop):
         lateness.append((time.perf_counter() - t0) * 1000 - 1.0)
 
 
-async def measure(label, work):
-    lateness, stop = [], asyncio.Event()
+async def measure(label: str, work: Callable[[], Awaitable[T]]) -> T:
+    lateness: list[float] = []
+    stop = asyncio.Event()
     beat = asyncio.create_task(heartbeat(lateness, stop))
     await asyncio.sleep(0.01)
     t0 = time.perf_counter()
@@ -44,18 +49,18 @@ async def measure(label, work):
     return result
 
 
-async def main():
+async def main() -> None:
     print(f"offloop {offloop.__version__}, "
           f"{offloop.stats()['threads']} worker threads, "
           f"loop {type(asyncio.get_running_loop()).__module__}\n")
 
-    async def blocking_hash():
+    async def blocking_hash() -> str:
         return hashlib.sha256(DATA).hexdigest()  # runs ON the loop thread
 
-    async def offloop_hash():
+    async def offloop_hash() -> str:
         return (await offloop.run(hashlib.sha256, DATA)).hexdigest()
 
-    async def native_burst():
+    async def native_burst() -> int:
         jobs = [_testing.spin(200_000) for _ in range(2_000)]
         return len(await asyncio.gather(*jobs))
 
@@ -74,6 +79,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
+    loop: asyncio.AbstractEventLoop
     if args.uvloop:
         import uvloop
         loop = uvloop.new_event_loop()

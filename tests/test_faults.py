@@ -1,6 +1,6 @@
-"""Faults (issue 5, item 4): thread creation failing, no free fd for a
-loop's eventfd, a buffer mutated while a kernel reads it, and Python
-callables given to offloop.run that raise BaseException subclasses.
+"""Faults: thread creation failing, no free fd for a loop's eventfd, a
+buffer mutated while a kernel reads it, and Python callables given to
+offloop.run that raise BaseException subclasses.
 
 Scenarios with resource limits run in a fresh interpreter (subprocess),
 which must end within its deadline with exit code 0 and an empty stderr.
@@ -8,38 +8,21 @@ Interpreter exit under load is test_shutdown.py's.
 """
 
 import asyncio
-import subprocess
 import sys
 import textwrap
 import threading
 
+import numpy
 import offloop
 import pytest
 
 from loop_kinds import LOOPS
-
-try:
-    import numpy
-except ImportError:  # pragma: no cover - numpy comes with the kernels
-    numpy = None
+from subproc import run_python
 
 HANG_DEADLINE = 60  # seconds before a subprocess is killed as hung
 
-needs_kernels = pytest.mark.skipif(
-    not hasattr(offloop, "top_k") or numpy is None,
-    reason="the vector kernels (offloop.top_k) are not there yet")
-
 PRELUDE = textwrap.dedent("""
-    import asyncio, errno, os, resource, sys, threading
-    import offloop
-    from offloop import _testing
-
-    KIND = sys.argv[1]
-    if KIND == "uvloop":
-        import uvloop
-        new_loop = uvloop.new_event_loop
-    else:
-        new_loop = asyncio.new_event_loop
+    import errno, os, resource, threading
 
     def run(coro_fn):
         async def main():
@@ -57,9 +40,7 @@ def run_script(body, kind, setup=""):
     """Run PRELUDE + setup + body in a fresh interpreter; return its
     stdout.  Exit code 77 means "cannot test that here": a skip."""
     script = PRELUDE + textwrap.dedent(setup) + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", script, kind],
-                          capture_output=True, text=True,
-                          timeout=HANG_DEADLINE, check=False)
+    proc = run_python(script, kind, timeout=HANG_DEADLINE)
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
@@ -279,7 +260,6 @@ async def _until_running(fut):
             await asyncio.sleep(0)
 
 
-@needs_kernels
 async def test_matrix_mutated_while_kernels_read_it_does_not_crash(loop):
     # The result is unspecified (documented); the shape, dtype and the
     # process's survival are not.
@@ -338,7 +318,6 @@ async def test_matrix_mutated_while_kernels_read_it_does_not_crash(loop):
         overlapped
 
 
-@needs_kernels
 async def test_a_borrowed_buffer_cannot_be_resized_or_freed_under_a_job(
         loop):
     import array
@@ -365,7 +344,6 @@ async def test_a_borrowed_buffer_cannot_be_resized_or_freed_under_a_job(
     assert numpy.allclose(sims, 1.0)
 
 
-@needs_kernels
 def test_blocking_twin_reading_a_buffer_another_thread_mutates():
     rng = numpy.random.default_rng(11)
     m = rng.standard_normal((20_000, 128)).astype(numpy.float32)

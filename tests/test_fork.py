@@ -24,6 +24,7 @@ from offloop import _testing
 
 from forking import CHILD_DEADLINE, fork
 from loop_kinds import LOOPS, uvloop
+from subproc import run_python
 
 pytestmark = [
     # Python 3.12+ warns about fork() in a process with threads; forking a
@@ -336,16 +337,7 @@ def test_child_exit_is_not_delayed_by_python_jobs_the_parent_was_running():
 # ---- a parent whose pool never started ---------------------------------
 
 NEVER_STARTED = textwrap.dedent("""
-    import asyncio, json, os, select, signal, sys
-    import offloop
-    from offloop import _testing
-
-    kind = sys.argv[1]
-    if kind == "uvloop":
-        import uvloop
-        new_loop = uvloop.new_event_loop
-    else:
-        new_loop = asyncio.new_event_loop
+    import os, select, signal
 
     def use_pool(tag):
         async def main():
@@ -393,8 +385,7 @@ NEVER_STARTED = textwrap.dedent("""
 @pytest.mark.parametrize("kind", LOOPS)
 def test_fork_before_any_job_gives_both_sides_a_working_pool(kind):
     # The pool must never have started: a fresh interpreter.
-    proc = subprocess.run([sys.executable, "-c", NEVER_STARTED, kind],
-                          capture_output=True, text=True, timeout=30)
+    proc = run_python(NEVER_STARTED, kind, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
 

@@ -1,4 +1,4 @@
-"""Fuzzing (issue 5, item 5): hypothesis over every public function's
+"""Fuzzing: hypothesis over every public function's
 arguments.  Each call gives a correct result or raises TypeError or
 ValueError at the call (the documented errors); never a crash, a hang or
 another exception.

@@ -8,30 +8,19 @@ expected code and an empty stderr.  The subprocess timeout is the deadline
 that keeps a hanging exit from hanging the suite.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
 from loop_kinds import LOOPS
+from subproc import run_python
 
 EXIT_LIMIT = 5.0  # seconds, start to exit of the whole subprocess
 HANG_DEADLINE = 30  # seconds before a subprocess is killed as hung
 
 PRELUDE = textwrap.dedent("""
-    import asyncio, hashlib, sys, threading, time
-    import offloop
-    from offloop import _testing
-
-    KIND = sys.argv[1]
-    if KIND == "uvloop":
-        import uvloop
-        new_loop = uvloop.new_event_loop
-    else:
-        new_loop = asyncio.new_event_loop
+    import hashlib, threading, time
 
     async def wait_running(k):
         # Bounded poll: nothing signals "a worker took a job".
@@ -50,12 +39,7 @@ def run_script(body, kind, *, expect_code=0, expect_stdout="ok\n"):
     """Run PRELUDE + body in a fresh interpreter; check its exit."""
     script = PRELUDE + textwrap.dedent(body)
     start = time.monotonic()
-    # asyncio's debug mode (PYTHONASYNCIODEBUG, set by one CI stage) logs
-    # slow callbacks on stderr: this checks what offloop prints, not that.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONASYNCIODEBUG"}
-    proc = subprocess.run([sys.executable, "-c", script, kind],
-                          capture_output=True, text=True, env=env,
-                          timeout=HANG_DEADLINE)
+    proc = run_python(script, kind, timeout=HANG_DEADLINE)
     elapsed = time.monotonic() - start
     assert proc.stderr == "", proc.stderr
     assert proc.returncode == expect_code, (proc.returncode, proc.stdout)

@@ -18,6 +18,9 @@ Example
 import atexit as _atexit
 import os as _os
 import re as _re
+from collections.abc import Callable as _Callable
+from typing import ParamSpec as _ParamSpec
+from typing import TypeVar as _TypeVar
 
 from . import _core
 from ._batched import Batched, batched
@@ -39,8 +42,11 @@ __all__ = ["Batched", "Future", "batch_normalize", "batched", "blocking", "confi
 #: Seconds interpreter exit waits for running jobs to stop.
 SHUTDOWN_TIMEOUT = 2.0
 
+_P = _ParamSpec("_P")
+_T = _TypeVar("_T")
 
-def _check_worker_priority(value):
+
+def _check_worker_priority(value: str | None) -> None:
     """Warn about an OFFLOOP_WORKER_PRIORITY the pool will not use."""
     if value in (None, "", "idle") or _re.fullmatch(r"[+-]?[0-9]+", value):
         return
@@ -54,7 +60,8 @@ def _check_worker_priority(value):
 _check_worker_priority(_os.environ.get("OFFLOOP_WORKER_PRIORITY"))
 
 
-def run(fn, /, *args, **kwargs):
+def run(fn: _Callable[_P, _T], /, *args: _P.args,
+        **kwargs: _P.kwargs) -> Future[_T]:
     """Call ``fn(*args, **kwargs)`` on offloop's pool; return a future.
 
     A faster drop-in for :func:`asyncio.to_thread`: the caller's contextvars
@@ -86,7 +93,7 @@ def run(fn, /, *args, **kwargs):
     return _core.run(fn, *args, **kwargs)
 
 
-def _shutdown():
+def _shutdown() -> None:
     _core._shutdown(SHUTDOWN_TIMEOUT)
 
 

@@ -7,11 +7,12 @@ an option it prints the version and both paths.
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from ._build import get_cmake_dir, get_include
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and print what it asks for; return the exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m offloop",

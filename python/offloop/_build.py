@@ -9,7 +9,7 @@ import pathlib
 _PKG = pathlib.Path(__file__).resolve().parent
 
 
-def get_include():
+def get_include() -> str:
     """The folder holding ``offloop.h``, the public C API header.
 
     Returns
@@ -39,7 +39,7 @@ def get_include():
     )
 
 
-def get_cmake_dir():
+def get_cmake_dir() -> str:
     """The folder holding ``offloopConfig.cmake``, for ``offloop_DIR``.
 
     Returns

@@ -30,7 +30,7 @@ blocking = _types.SimpleNamespace(
 _MASK = (1 << 64) - 1
 
 
-def spin_reference(iterations):
+def spin_reference(iterations: int) -> int:
     """What ``spin(iterations)`` returns, computed in Python."""
     x = iterations & _MASK
     for _ in range(iterations):

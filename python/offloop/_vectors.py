@@ -8,9 +8,11 @@ path: a float32 array never reaches it.
 """
 
 import numpy
+import numpy.typing
 
 
-def _as_float32(obj, fname, name):
+def _as_float32(obj: object, fname: str,
+                name: str) -> numpy.typing.NDArray[numpy.float32]:
     """Convert ``obj`` to a new float32 C-contiguous array.
 
     Parameters

@@ -7,6 +7,10 @@ job and raises KeyboardInterrupt.  Called on an offloop worker (from inside
 ``offloop.run``), the job runs inline instead of waiting on the pool.
 """
 
+from collections.abc import Callable as _Callable
+from typing import ParamSpec as _ParamSpec
+from typing import TypeVar as _TypeVar
+
 from . import _core
 from ._core import batch_normalize_blocking as batch_normalize
 from ._core import cosine_similarities_blocking as cosine_similarities
@@ -17,7 +21,12 @@ __all__ = ["batch_normalize", "cosine_similarities", "cosine_similarity",
            "run", "top_k"]
 
 
-def run(fn, /, *args, **kwargs):
+_P = _ParamSpec("_P")
+_T = _TypeVar("_T")
+
+
+def run(fn: _Callable[_P, _T], /, *args: _P.args,
+        **kwargs: _P.kwargs) -> _T:
     """Call ``fn(*args, **kwargs)`` on offloop's pool and return its result.
 
     Raises whatever ``fn`` raises, with its traceback; ``TypeError`` at the

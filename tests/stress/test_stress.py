@@ -1,4 +1,4 @@
-"""Stress (issue 5, item 2): four loops in four threads, a mixed load with
+"""Stress: four loops in four threads, a mixed load with
 random cancellations, loops closed with jobs in flight and replaced, one
 fork() in the middle.
 
