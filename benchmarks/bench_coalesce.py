@@ -18,47 +18,20 @@ in rotating order), medians printed:
 
 import argparse
 import asyncio
-import csv
-import gc
-import os
-import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+import _common
 import offloop
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - in the bench extra
-    uvloop = None
 
-RESULTS = pathlib.Path(__file__).with_name("results")
-
-
-def commit():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True,
-                              cwd=pathlib.Path(__file__).parent,
-                              timeout=10).stdout.strip() or "?"
-    except OSError:
-        return "?"
-
-
-def timed(fn):
-    gc.collect()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def run_case(loop, m, queries, k, rounds):
-    """One loop: per round, three measurements in rotating order."""
+def measures(m, queries, k):
+    """(name, async impl) pairs for _common.run_rounds: each returns the
+    seconds it took and the stats() deltas of its run."""
     q_all = np.ascontiguousarray(queries)
 
     async def concurrent():
@@ -69,61 +42,48 @@ def run_case(loop, m, queries, k, rounds):
         for q in queries:
             await offloop.top_k(q, m, k=k, normalized=True)
 
-    def with_batch(max_batch, coro):
-        offloop.configure(max_batch=max_batch)
-        try:
-            return timed(lambda: loop.run_until_complete(coro()))
-        finally:
-            offloop.configure()
+    async def one_call():
+        offloop.blocking.top_k(q_all, m, k=k, normalized=True)
 
-    measures = {
-        "concurrent_on": lambda: with_batch(None, concurrent),
-        "concurrent_off": lambda: with_batch(1, concurrent),
-        "one_call": lambda: timed(lambda: offloop.blocking.top_k(
-            q_all, m, k=k, normalized=True)),
-        "sequential_on": lambda: with_batch(None, one_at_a_time),
-        "sequential_off": lambda: with_batch(1, one_at_a_time),
-    }
-    names = list(measures)
-    for name in names:  # warm-up, not recorded
-        measures[name]()
-    rows = []
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+    def run(max_batch, coro):
+        async def go():
+            offloop.configure(max_batch=max_batch)
             before = offloop.stats()
-            seconds = measures[name]()
+            try:
+                seconds = await _common.timed(coro)()
+            finally:
+                offloop.configure()
             after = offloop.stats()
-            rows.append({"round": r, "case": name, "seconds": seconds,
-                         "batches": after["batches"] - before["batches"],
-                         "batched": after["batched"] - before["batched"]})
-    return rows
+            return (seconds, after["batches"] - before["batches"],
+                    after["batched"] - before["batched"])
+        return go
+
+    return [("concurrent_on", run(None, concurrent)),
+            ("concurrent_off", run(1, concurrent)),
+            ("one_call", run(None, one_call)),
+            ("sequential_on", run(None, one_at_a_time)),
+            ("sequential_off", run(1, one_at_a_time))]
 
 
-def median(rows, case):
-    return statistics.median(r["seconds"] for r in rows if r["case"] == case)
+def report(kind, results, nq):
+    def med(name):
+        return statistics.median(r[0] for r in results[name])
 
-
-def verdict(ok):
-    return "ok" if ok else "MISSED"
-
-
-def report(kind, rows, nq):
-    on, off = median(rows, "concurrent_on"), median(rows, "concurrent_off")
-    one = median(rows, "one_call")
-    s_on, s_off = median(rows, "sequential_on"), median(rows, "sequential_off")
-    per = [r for r in rows if r["case"] == "concurrent_on"]
-    mean_batch = statistics.mean(
-        r["batched"] / r["batches"] if r["batches"] else 1 for r in per)
+    on, off, one = med("concurrent_on"), med("concurrent_off"), med(
+        "one_call")
+    s_on, s_off = med("sequential_on"), med("sequential_off")
+    mean_batch = statistics.mean(b2 / b1 if b1 else 1.0
+                                 for _, b1, b2 in results["concurrent_on"])
+    v = _common.verdict
     print(f"[{kind}] {nq} concurrent one-query top_k: {on * 1e3:.1f} ms "
           f"(mean batch {mean_batch:.1f}); one {nq}-query call "
           f"{one * 1e3:.1f} ms -> {on / one:.2f}x "
-          f"(goal <= 1.3x: {verdict(on / one <= 1.3)})")
+          f"(goal <= 1.3x {v(on / one <= 1.3)})")
     print(f"[{kind}]   coalescing off: {off * 1e3:.1f} ms -> on is "
-          f"{off / on:.2f}x faster (goal >= 5x: {verdict(off / on >= 5)})")
+          f"{off / on:.2f}x faster (goal >= 5x {v(off / on >= 5)})")
     print(f"[{kind}]   one at a time: on {s_on * 1e3:.1f} ms, off "
           f"{s_off * 1e3:.1f} ms -> {s_on / s_off:.3f}x "
-          f"(goal within 5%: {verdict(abs(s_on / s_off - 1) <= 0.05)})")
+          f"(goal within 5% {v(abs(s_on / s_off - 1) <= 0.05)})")
 
 
 def main(argv=None):
@@ -147,32 +107,30 @@ def main(argv=None):
                                        dtype=np.float32))
     print(f"# bench_coalesce: {args.rows:,} x {args.dim} float32 unit rows, "
           f"{args.queries} queries, k={args.k}, {args.rounds} rounds; "
-          f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, offloop {commit()}, "
+          f"{_common.machine()}, Python {platform.python_version()}, "
+          f"offloop {_common.git_commit()}, "
           f"{offloop.stats()['threads']} threads")
-    factories = {"asyncio": asyncio.new_event_loop}
-    if uvloop is not None:
-        factories["uvloop"] = uvloop.new_event_loop
-    all_rows = []
-    for kind in args.loops.split(","):
-        if kind not in factories:
-            print(f"[{kind}] absent")
-            continue
-        loop = factories[kind]()
+    factories = _common.loop_factories(args.loops, ap.error)
+    commit = _common.git_commit()
+    rec = _common.Recorder("bench_coalesce", ("loop", "case", "round",
+                                              "seconds", "batches",
+                                              "batched"),
+                           time.strftime("%Y%m%d-%H%M%S"), commit,
+                           rows=args.rows, dim=args.dim)
+    steal = _common.steal_ticks()
+    for kind, factory in factories.items():
+        loop = factory()
         try:
-            rows = run_case(loop, m, queries, args.k, args.rounds)
+            results = loop.run_until_complete(_common.run_rounds(
+                measures(m, queries, args.k), args.rounds, warmup=1,
+                on_round=lambda name, rnd, v, kind=kind: rec.add(
+                    loop=kind, case=name, round=rnd,
+                    seconds=f"{v[0]:.6f}", batches=v[1], batched=v[2])))
         finally:
             loop.close()
-        report(kind, rows, args.queries)
-        all_rows += [dict(r, loop=kind) for r in rows]
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"bench_coalesce-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["loop", "round", "case", "seconds",
-                                          "batches", "batched"])
-        w.writeheader()
-        w.writerows(all_rows)
-    print(f"# rounds written to {path}")
+        report(kind, results, args.queries)
+    print(f"# host steal {_common.steal_pct(steal, _common.steal_ticks()):.1f}%"
+          f"; rounds written to {rec.write()}")
     return 0
 
 
