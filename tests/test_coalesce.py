@@ -101,6 +101,24 @@ async def test_twenty_one_query_top_k_calls_run_as_one_batch(loop, data):
                                    atol=1e-6)
 
 
+async def test_a_batch_replanned_to_coarser_row_blocks_is_exact(loop):
+    """A big k makes the shared run's row blocks coarser than each call's
+    own (its partial lists stay within budget): results are still those
+    of the stacked call."""
+    rng = np.random.default_rng(5)
+    m = rng.standard_normal((20_000, 96), dtype=np.float32)
+    q = rng.standard_normal((20, 96), dtype=np.float32)
+    before = offloop.stats()
+    with held_workers():
+        futs = [offloop.top_k(q[i], m, k=1000) for i in range(20)]
+    results = await asyncio.gather(*futs)
+    assert delta(before, "batches", "batched") == (1, 20)
+    ref_scores, ref_indices = offloop.blocking.top_k(q, m, k=1000)
+    for i, (scores, indices) in enumerate(results):
+        np.testing.assert_array_equal(indices, ref_indices[i])
+        np.testing.assert_array_equal(scores, ref_scores[i])
+
+
 async def test_one_query_cosine_similarities_coalesce(loop, data):
     m, _, q = data
     before = offloop.stats()

@@ -53,7 +53,9 @@ typedef struct {
 
 /* Called once on the worker that formed a batch of two or more, before
  * any chunk of the leader runs, without locks: prepare the shared run
- * (e.g. gather the members' inputs).  Returns 0 or a negative errno,
+ * (e.g. gather the members' inputs).  It may lower the leader's nchunks
+ * (a coarser plan for the shared run), the one write to nchunks after
+ * submit.  Returns 0 or a negative errno,
  * which then ends every member with that error. */
 typedef int (*ol_batch_begin_cb)(ol_job_t *leader);
 
