@@ -12,6 +12,20 @@
  * worker runs chunks and delivers jobs without it.  A worker never holds
  * the pool lock and a port lock at once.
  *
+ * Lock order, the whole core: pool.lock, then port.c's orphans.lock,
+ * then its space.lock; that whole chain is taken only by before_fork().
+ * Everywhere else each of these locks is taken alone: a worker delivers
+ * and notifies space without the pool lock, and port.c releases
+ * space.lock before it takes a port's lock.  A port's lock and a
+ * waiter's lock are leaves, never held with another lock.
+ *
+ * Coalescing.  A job with a batch key (ol_batch_key_t) taken from the
+ * queue takes the queued jobs with an equal key along (form_batch, under
+ * the lock, at most max_batch of them); its worker calls batch_begin,
+ * runs the leader's chunks for all, and end_job() delivers each member
+ * with its own status.  No timer: companions exist only while the pool
+ * is busy.
+ *
  * Chunks.  A job has nchunks pieces of work and a single queue node.  The
  * worker that takes a job claims chunks with an atomic counter; while
  * chunks remain and some worker is idle it puts the node back at the front
