@@ -441,3 +441,19 @@ def test_batched_decorator_forms_and_references():
     assert _testing.wait_idle(10)
     assert (sys.getrefcount(item), sys.getrefcount(double.fn)) == before
     assert triple.max_batch == 2 and "max_batch=2" in repr(triple)
+
+
+def test_the_batched_encoder_example_runs_and_coalesces():
+    import pathlib
+    import subprocess
+
+    script = pathlib.Path(__file__).parent.parent / "examples" / (
+        "batched_encoder.py")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("100 requests answered")
+    sizes = [int(x) for x in first.split("[")[1].rstrip(")]").split(",")]
+    assert sum(sizes) == 100 and max(sizes) <= 64
+    assert len(sizes) < 100  # concurrent calls shared encoder calls
