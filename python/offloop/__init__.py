@@ -47,14 +47,21 @@ _T = _TypeVar("_T")
 
 
 def _check_worker_priority(value: str | None) -> None:
-    """Warn about an OFFLOOP_WORKER_PRIORITY the pool will not use."""
-    if value in (None, "", "idle") or _re.fullmatch(r"[+-]?[0-9]+", value):
+    """Warn about an OFFLOOP_WORKER_PRIORITY the pool will not use.
+
+    The rule is the core's (src/core/priority.c): unset or empty, "idle",
+    or a nice increment from 0 to 19 with an optional "+".
+    """
+    # 0 to 19 by pattern, not int(): a hostile 5,000-digit value must
+    # warn, not raise at import.
+    if value in (None, "", "idle") or _re.fullmatch(r"\+?0*1?[0-9]", value):
         return
     import warnings
 
     warnings.warn(f"OFFLOOP_WORKER_PRIORITY={value!r} is neither 'idle' nor "
-                  "a whole number (a nice increment, 0 to 19): workers run "
-                  "under SCHED_IDLE", RuntimeWarning, stacklevel=2)
+                  "a nice increment from 0 to 19: workers run at the "
+                  "default priority (normal policy, the process's nice, "
+                  "long time slice)", RuntimeWarning, stacklevel=2)
 
 
 _check_worker_priority(_os.environ.get("OFFLOOP_WORKER_PRIORITY"))

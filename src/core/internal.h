@@ -40,6 +40,13 @@ unsigned ol__pool_idle_workers(void);
 #define OL__SPIN_MIN_NS 2000L
 #define OL__SPIN_MAX_NS 50000L
 
+/* The workers' scheduling priority (priority.c).  ol__priority_init()
+ * reads OFFLOOP_WORKER_PRIORITY once, when the pool starts (a value it
+ * cannot use keeps the default; the Python shim warns about it);
+ * ol__priority_apply() sets it on the calling worker's own thread. */
+void ol__priority_init(void);
+void ol__priority_apply(void);
+
 /* *ts = now + timeout_ms on CLOCK_MONOTONIC (the clock of every condition
  * variable the core waits on). */
 struct timespec;

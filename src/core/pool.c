@@ -46,17 +46,8 @@
  * a cancel) wakes the blocking submitters on space_cond and the ports
  * registered with ol_port_wait_space() (port.c keeps that list).
  *
- * Priority.  Workers run under SCHED_IDLE (Linux), so that an event loop
- * thread, or any other thread of normal priority, preempts them at once
- * when it wakes: with nice +5 workers, GET /health under a saturated pool
- * measured a p99 of 5-6 ms; under SCHED_IDLE, 1.0-1.7 ms in a minimal app
- * and 1.1-3.6 ms in bench_fastapi (benchmarks/README.md).  A thread that
- * was preempted rather than woken can still wait up to a scheduler tick
- * behind a worker.  The
- * price: work of normal priority that saturates every core starves them.
- * OFFLOOP_WORKER_PRIORITY=N (a whole number, 0 to 19) keeps the normal
- * policy at nice +N instead; 0 leaves the workers at the process's
- * priority.
+ * Priority.  Each worker sets its own scheduling priority when it starts
+ * (priority.c, whose DESIGN block gives the measured reasons).
  *
  * Fork.  pthread_atfork() holds the lock across fork(); the child empties
  * the queue (those jobs are the parent's), forgets the workers (only the
@@ -74,15 +65,12 @@
 
 #ifdef __linux__
 #include <sched.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #endif
 
 #define OL_SPIN_MAX_NS OL__SPIN_MAX_NS /* spin at most 50 us after a job */
 #define OL_SPIN_MIN_NS OL__SPIN_MIN_NS
 /* A worker woken this soon after it fell asleep resets the spin budget. */
 #define OL_SPIN_RETRY_NS (2 * OL_SPIN_MAX_NS)
-#define OL_WORKER_IDLE (-1) /* worker_priority: SCHED_IDLE */
 
 static struct {
     pthread_mutex_t lock;
@@ -125,8 +113,6 @@ static struct {
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static _Thread_local int tls_in_worker;
-/* OL_WORKER_IDLE, or the nice increment under the normal policy. */
-static int worker_priority = OL_WORKER_IDLE;
 atomic_int ol__stopping;
 
 void
@@ -240,19 +226,7 @@ after_fork_child(void)
 static void
 init(void)
 {
-    const char *priority = getenv("OFFLOOP_WORKER_PRIORITY");
-    char *end;
-    long nice;
-
-    /* Anything but a whole number keeps SCHED_IDLE (the shim warns). */
-    if (priority != NULL && *priority != '\0') {
-        const char *digits = priority + (*priority == '+' || *priority == '-');
-        nice = strtol(priority, &end, 10);
-        if (*digits >= '0' && *digits <= '9' && *end == '\0') {
-            /* Raising the priority needs privileges: negative means 0. */
-            worker_priority = nice < 0 ? 0 : nice > 19 ? 19 : (int)nice;
-        }
-    }
+    ol__priority_init();
     init_cond(&pool.work_cond);
     init_cond(&pool.idle_cond);
     init_cond(&pool.space_cond);
@@ -301,22 +275,6 @@ ol_pool_set_thread_exit_hook(void (*on_exit)(void))
 }
 
 /* ---- workers ------------------------------------------------------- */
-
-static void
-lower_priority(void)
-{
-#ifdef __linux__
-    if (worker_priority == OL_WORKER_IDLE) {
-        struct sched_param param = {.sched_priority = 0};
-        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
-    }
-    /* On Linux, setpriority() on a thread id sets that thread's nice. */
-    else if (worker_priority > 0) {
-        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
-                          getpriority(PRIO_PROCESS, 0) + worker_priority);
-    }
-#endif
-}
 
 /* The mark ol_job_abandon() leaves in a job's waiter field; never waited
  * on. */
@@ -662,7 +620,7 @@ worker(void *arg)
 {
     (void)arg;
     tls_in_worker = 1;
-    lower_priority();
+    ol__priority_apply();
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     for (;;) {
         if (queue_empty() && !must_leave()) {
