@@ -11,10 +11,12 @@ pool starts, so every setting runs in a fresh interpreter.
 """
 
 import ctypes
+import inspect
 import json
 import os
 import platform
 import subprocess
+import struct
 import sys
 import threading
 
@@ -28,11 +30,11 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 SLICE_NS = 100_000_000  # the longest custom slice Linux grants
 SCHED_GETATTR = {"x86_64": 315, "aarch64": 275}.get(platform.machine())
 
-# Reads a thread's time slice: sched_getattr(2)'s sched_runtime, which
-# Linux 6.12+ reports for the normal policy (0 before: no custom slices).
-SLICE_OF = f"""
-import ctypes, struct
-def slice_of(tid, nr={SCHED_GETATTR!r}):
+
+def slice_of(tid, nr=SCHED_GETATTR):
+    """A thread's time slice: sched_getattr(2)'s sched_runtime, which
+    Linux 6.12+ reports for the normal policy (0 before: no custom
+    slices); None where the call is unknown or fails."""
     if nr is None:
         return None
     buf = ctypes.create_string_buffer(56)
@@ -40,7 +42,11 @@ def slice_of(tid, nr={SCHED_GETATTR!r}):
     if libc.syscall(nr, tid, buf, 48, 0) != 0:
         return None
     return struct.unpack_from("IIQiIQ", buf.raw)[5]
-"""
+
+
+SLICE_OF = (f"import ctypes, struct\nSCHED_GETATTR = {SCHED_GETATTR!r}\n"
+            + inspect.getsource(slice_of))
+
 
 # Every worker reports its thread id: a barrier in the job keeps one
 # worker from taking both.  The child prints, for each worker, its policy,
@@ -161,9 +167,6 @@ def test_the_default_needs_no_privileges():
     reason="this process's workers run at OFFLOOP_WORKER_PRIORITY")
 async def test_the_loop_thread_keeps_its_priority():
     """Submitting never changes the submitting thread's own scheduling."""
-    ns = {}
-    exec(SLICE_OF, ns)
-    slice_of = ns["slice_of"]
     me = threading.get_native_id()
     before = (os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0),
               slice_of(me))
