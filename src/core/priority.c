@@ -6,31 +6,36 @@
  * The trade.  Workers share the cores with the event loop's thread, which
  * must answer at once when it wakes, and with other processes (sibling
  * gunicorn or uvicorn workers, any busy neighbour), beside which a job
- * must not starve.  Measured on a 2-core VM (benchmarks/README.md has the
- * lines; the host was shared and noisy, so only orders of magnitude and
- * side-by-side ratios hold):
+ * must not starve.  Measured on a 2-core VM shared with other tenants
+ * (load average 5-10; benchmarks/README.md has the lines), an awaited
+ * top-10 over 20,000 x 384 with two busy normal-priority processes
+ * (bench_contention.py), and GET /health p99 under bench_fastapi.py:
  *
- * - SCHED_IDLE (the default until now): the loop preempts a worker the
- *   moment it wakes, but two busy normal-priority processes leave the
- *   workers a sliver of a core: an awaited top-10 over 20,000 x 384 took
- *   p50 383-757 ms (from 2.7-4.0 ms idle), 38-190x asyncio.to_thread
- *   beside the same load (bench_contention.py).
- * - Normal policy at nice 0 or +5, or SCHED_BATCH: no starvation (4-20 ms
- *   contended), but a woken loop thread waits for the running worker's
- *   time slice to end (EEVDF's run-to-parity): GET /health p99 in
- *   bench_fastapi.py rose from 4-16 ms under SCHED_IDLE to 21-65 ms in the
- *   same noisy session, and from 1.1-3.6 to 5.5-6.1 ms (nice +5) on a
- *   quiet one.
- * - The default now: the normal policy at the process's nice, with the
- *   longest time slice the kernel grants (sched_setattr's sched_runtime,
- *   EEVDF custom slices, Linux 6.12 and later).  The weight, hence the
- *   fair share of the cores, is a normal thread's, so the workers never
- *   starve; the slice sets only the deadline.  A thread with a shorter
- *   slice (the loop thread and every other thread at the default) has an
- *   earlier deadline, and EEVDF lets it preempt the running worker when
- *   it wakes (PREEMPT_SHORT) rather than wait for the worker's slice to
- *   end.  Measured figures are in benchmarks/README.md (bench_contention
- *   and bench_fastapi).
+ * - SCHED_IDLE (the default until now): contended p50 2.3-757 ms and p99
+ *   1.1-3.8 s over four runs, from 1.9-4.0 ms idle: a starved worker gets
+ *   a sliver of a core.  /health p99 4.7-16 ms (median 6).
+ * - Normal policy at the kernel's default slice, nice 0, +5 or
+ *   SCHED_BATCH: no starvation (contended p50 5-20 ms), but a woken loop
+ *   thread waits for the running worker's slice (EEVDF's run-to-parity):
+ *   /health p99 21-65 ms where SCHED_IDLE gave 4.4-16 in the same session.
+ *   A short worker slice (0.1 ms) did no better: the worker's deadline
+ *   then always comes first.
+ * - The default now: the normal policy at the starting thread's nice,
+ *   with the longest slice Linux grants (sched_setattr's sched_runtime:
+ *   EEVDF custom slices, Linux 6.12+).  The weight, hence the share of
+ *   the cores, is a normal thread's, so a job never starves: contended
+ *   p50 2.4-3.9 ms, 1.1-2.0x its idle p50, 0.8-1.4x asyncio.to_thread's.
+ *   The slice only pushes the worker's deadline back, so a thread at the
+ *   default slice (the loop's) that wakes has the earlier deadline and
+ *   preempts the worker (PREEMPT_SHORT).  /health p99 8.0-10.0 ms
+ *   against SCHED_IDLE's 4.7-16 in four alternating runs: 2-4 ms more at
+ *   the median.  What is left: a loop thread that was preempted rather
+ *   than woken, or that used more than its share, is not picked before
+ *   the next scheduler tick (4 ms here), where SCHED_IDLE would yield at
+ *   once.  Only that rule avoids it, and it is the rule that starves.
+ *   Switching the slice around each sleep (short to win the wake-up,
+ *   long once running) did not lower the contended p50 and raised its
+ *   p99 from 23-33 to 119-143 ms.
  *
  * Dynamic schemes that switch between SCHED_IDLE and the normal policy
  * (say, lower the workers only while the loop thread is runnable) cannot
