@@ -24,7 +24,10 @@
  *   with the longest slice Linux grants (sched_setattr's sched_runtime:
  *   EEVDF custom slices, Linux 6.12+).  The weight, hence the share of
  *   the cores, is a normal thread's, so a job never starves: contended
- *   p50 2.4-3.9 ms, 1.1-2.0x its idle p50, 0.8-1.4x asyncio.to_thread's.
+ *   p50 2.4-6.9 ms over three runs, 1.1-3.2x its idle p50 (within 2x in
+ *   5 of 6 figures), 0.8-1.8x asyncio.to_thread's.  A woken worker waits
+ *   for a busy sibling's slice to end (its own deadline is later), up to
+ *   a scheduler tick: that is the 3.2x.
  *   The slice only pushes the worker's deadline back, so a thread at the
  *   default slice (the loop's) that wakes has the earlier deadline and
  *   preempts the worker (PREEMPT_SHORT).  /health p99 8.0-10.0 ms
