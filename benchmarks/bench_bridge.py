@@ -571,8 +571,9 @@ def main(argv=None):
     ap.add_argument(
         "--worker-priority",
         default=None,
-        help="OFFLOOP_WORKER_PRIORITY for offloop's workers: idle (the"
-        " default, SCHED_IDLE) or a nice increment N (0: the loop's)",
+        help="OFFLOOP_WORKER_PRIORITY for offloop's workers: unset (the"
+        " default: normal policy, longest slice), idle (SCHED_IDLE) or a"
+        " nice increment N",
     )
     ap.add_argument(
         "--no-executor-load",
@@ -634,7 +635,7 @@ def main(argv=None):
         f"# loops {','.join(factories)}"
         f" | offloop threads={offloop.stats()['threads']}"
         f" worker_priority="
-        f"{os.environ.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}"
+        f"{os.environ.get('OFFLOOP_WORKER_PRIORITY', 'default (normal policy, long slice)')}"
         f" | rounds={args.rounds} (+{args.warmup} warm-up),"
         " best round reported"
         f" | n={args.n} seq={args.seq} samples={args.samples}"

@@ -542,7 +542,7 @@ def main():
           f"server: uvicorn, HTTP parser {args.http}, OpenBLAS threads "
           f"{blas}, offloop threads "
           f"{args.threads or f'{os.cpu_count()} (default)'}, worker priority "
-          f"{env.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}")
+          f"{env.get('OFFLOOP_WORKER_PRIORITY', 'default (normal policy, long slice)')}")
     print("# steal: the share of CPU time the host took from this VM "
           "during the run (/proc/stat); tails grow with it")
     rows = []

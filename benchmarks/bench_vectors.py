@@ -603,7 +603,7 @@ def main(argv=None):
                     help="comma-separated subset of " + ",".join(CASES))
     ap.add_argument("--worker-priority", default=None,
                     help="OFFLOOP_WORKER_PRIORITY for offloop's workers: "
-                         "idle (default) or a nice increment")
+                         "unset (default), idle or a nice increment")
     ap.add_argument("--loops", default="asyncio,uvloop",
                     help="comma-separated: asyncio,uvloop")
     ap.add_argument("--threads", type=int, default=None,
@@ -650,7 +650,7 @@ def main(argv=None):
     print(f"# numpy BLAS: {blas_line()}")
     print(f"# offloop: threads={threads} isa={_core._isa()}"
           f" worker_priority="
-          f"{os.environ.get('OFFLOOP_WORKER_PRIORITY', 'idle (default)')}"
+          f"{os.environ.get('OFFLOOP_WORKER_PRIORITY', 'default (normal policy, long slice)')}"
           f" | loops {','.join(factories)} | rounds={args.rounds}"
           f" (+{args.warmup} warm-up), best round reported", flush=True)
 
