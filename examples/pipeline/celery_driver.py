@@ -35,9 +35,16 @@ from celery_app import normalize_shard, search_shard
 POLL = 0.005
 
 
-def normalize_all(manifest_path, out_dir, timeout=3600, progress=None):
+def _options(queue):
+    return {"queue": queue} if queue else {}
+
+
+def normalize_all(manifest_path, out_dir, timeout=3600, progress=None,
+                  queue=None):
     """Normalize every shard of the manifest into out_dir, one task per
     shard; return (the new Manifest, the tasks' results in shard order).
+    queue: the Celery queue to send to (workers started with -Q), else
+    the default one.
 
     The manifest and its shards are checked before anything is queued
     (ManifestError).  Raises the first task's error, or TimeoutError.
@@ -47,7 +54,7 @@ def normalize_all(manifest_path, out_dir, timeout=3600, progress=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     outs = [str(out_dir / Path(s.path).name) for s in m.shards]
     job = group(normalize_shard.s(s.path, o)
-                for s, o in zip(m.shards, outs)).apply_async()
+                for s, o in zip(m.shards, outs)).apply_async(**_options(queue))
     rows_of = {}
     with tqdm(total=m.rows, unit="rows", unit_scale=True, desc="normalize",
               disable=None if progress is None else not progress) as bar:
@@ -80,7 +87,7 @@ def normalize_all(manifest_path, out_dir, timeout=3600, progress=None):
     return new, results
 
 
-def search(manifest, queries, k=10, timeout=600):
+def search(manifest, queries, k=10, timeout=600, queue=None):
     """Global top-k of queries ((Q, D) or (D,)) over the manifest's shards:
     (scores, ids), each (Q, k).  One search_shard task per shard."""
     m = manifest if isinstance(manifest, sh.Manifest) else \
@@ -89,7 +96,7 @@ def search(manifest, queries, k=10, timeout=600):
     k = sh.check_k(k, m.rows)
     qs = q.tolist()
     job = group(search_shard.s(s.path, qs, k, s.offset, m.normalized)
-                for s in m.shards).apply_async()
+                for s in m.shards).apply_async(**_options(queue))
     try:
         parts = job.get(timeout=timeout, interval=POLL)
     except BaseException:

@@ -27,7 +27,7 @@ Run it (a scheduler and workers as in dask_search.py, then)::
 import contextlib
 import os
 
-from distributed import Client
+from distributed import Client, wait
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
@@ -57,7 +57,7 @@ def create_app(scheduler=None, manifest=None):
         try:
             await client.wait_for_workers(1, timeout=60)
             shards = await ShardSet.astart(client, manifest)
-            await client.wait(shards.futures)  # loaded before serving
+            await wait(shards.futures)  # loaded before serving
             app.state.client, app.state.shards = client, shards
             yield
         finally:

@@ -15,9 +15,10 @@ over the workers; the futures are held, so each shard stays loaded (mapped
 with np.load(mmap_mode="r")) on its worker and every query reuses it.  A
 search submits one search_shard task per shard; Dask runs it where the
 shard's future lives, so no rows cross the network.  A Shard pickles as its
-path: if Dask moves one, the receiving worker maps the file again (shards
-live on storage every worker sees: a shared file system, or a copy per
-node).
+path: if Dask moves a task and copies its shard to another worker (work
+stealing), the receiving worker maps the file once and keeps the copy
+(shards live on storage every worker sees: a shared file system, or a copy
+per node).
 
 A worker killed mid-query: the scheduler sees its connection close, runs
 the lost load_shard again on a live worker (the held future keeps its
@@ -42,6 +43,17 @@ from tqdm import tqdm
 import shards as sh
 
 
+#: How many times this process mapped each shard (by path): 1 each when
+#: shards stay loaded and are reused (see mapped_counts).
+_MAPPED = {}
+
+
+def mapped_counts():
+    """{path: times mapped} in this process; client.run(mapped_counts)
+    asks every worker."""
+    return dict(_MAPPED)
+
+
 class Shard:
     """A loaded shard: its rows mapped read-only in this process, its
     offset.  Pickles as (path, offset, rows, dim) and maps again on the
@@ -50,7 +62,7 @@ class Shard:
     def __init__(self, path, offset, rows, dim):
         self.path, self.offset, self.rows, self.dim = path, offset, rows, dim
         self.array = sh.open_shard(path, rows, dim)
-        self.pid = os.getpid()
+        _MAPPED[path] = _MAPPED.get(path, 0) + 1
 
     def __reduce__(self):
         return (Shard, (self.path, self.offset, self.rows, self.dim))

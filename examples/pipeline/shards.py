@@ -310,7 +310,8 @@ def check_k(k, rows):
 def search_array(m, queries, k, offset=0, normalized=False):
     """Local top-k of each query over one shard's rows: (scores, ids), both
     (Q, min(k, rows)), ids global (shifted by offset)."""
-    scores, ids = offloop.blocking.top_k(queries, m, k=min(k, len(m)),
+    k = min(operator.index(k), len(m))  # top_k wants a Python int
+    scores, ids = offloop.blocking.top_k(queries, m, k=k,
                                          normalized=normalized)
     return scores, ids + offset
 
