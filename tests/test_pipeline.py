@@ -338,8 +338,8 @@ def test_normalize_file_is_atomic_and_a_killed_writer_leaves_no_shard(
         # One chunk of three written, flushed; nothing under the final name.
         exists, temps = _final_and_temps(out)
         assert not exists
-        assert temps == [f".shard-00001.npy.{socket.gethostname()}."
-                         f"{pid}.tmp"]
+        host = socket.gethostname()
+        assert temps == [f".shard-00001.npy.{host}.{pid}.tmp"]
         part = np.load(out.parent / temps[0], mmap_mode="r")
         assert part.shape == (1500, DIM)
         assert np.array_equal(part[:500],
@@ -644,6 +644,9 @@ def dask_cluster(tmp_path_factory):
         finally:
             client.close()
     finally:
+        for p in procs:  # all at once: each takes a moment to close
+            if p.poll() is None:
+                p.terminate()
         for p in reversed(procs):
             _stop(p)
 
