@@ -2,8 +2,9 @@
 kept on the workers, queries fanned out per shard, the local top-k lists
 merged into the global one.
 
-    cd examples/pipeline     # workers import shards.py and this module
-    dask scheduler --host 127.0.0.1 --port 8786 &
+    cd examples/pipeline     # the scheduler and the workers import
+                             # shards.py and this module
+    PYTHONPATH=$PWD dask scheduler --host 127.0.0.1 --port 8786 &
     PYTHONPATH=$PWD dask worker tcp://127.0.0.1:8786 --nthreads 1 &
     python dask_search.py MANIFEST --scheduler tcp://127.0.0.1:8786 --check
     python dask_search.py MANIFEST --local 2    # a LocalCluster instead
