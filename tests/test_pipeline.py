@@ -55,13 +55,6 @@ DEADLINE = 30  # seconds, for every wait below
 ROWS, DIM, SHARDS = 6001, 64, 4  # uneven shards of ~1500 rows: on the pool
 HOLD_ENV = sh.HOLD_ENV
 
-pytestmark = [
-    # Celery, kombu and distributed start threads in this process;
-    # Python 3.12+ warns when a process with threads forks (the prefork
-    # worker is a separate process; this is about libraries' own forks).
-    pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning"),
-]
-
 
 # ---- helpers -------------------------------------------------------------
 
