@@ -282,6 +282,21 @@ def test_merge_orders_ties_and_nan_as_top_k_does(tmp_path):
     assert got[1][0][:6].tolist() == [3, 17, 43, 57, 83, 97]
 
 
+def test_search_array_takes_unaligned_queries(data):
+    # Dask hands a task its numpy arguments as views into a message frame,
+    # at any byte offset (found by UBSan in a worker: a misaligned float
+    # load in offloop's kernel); search_array aligns them first.
+    q = _queries(2)
+    raw = np.zeros(q.nbytes + 1, np.uint8)
+    odd = raw[1:].view(np.float32).reshape(q.shape)
+    odd[...] = q
+    assert not odd.flags.aligned
+    m = sh.open_shard(data.shards[0].path)
+    got = sh.search_array(m, odd, 5)
+    ref = sh.search_array(m, q, 5)
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+
+
 @pytest.mark.parametrize("query, k, exc, match", [
     (np.ones(DIM + 1, np.float32), 3, ValueError, "query must be 64 floats"),
     (np.ones((0, DIM), np.float32), 3, ValueError, "query must be"),
@@ -668,7 +683,7 @@ def test_dask_search_is_exact_and_shards_stay_loaded(normalized,
         q = _queries(4, seed=9)
         whole = _concat(normalized)
         for k in (1, 10, 1600):
-            scores, ids = shards.search(q, k)
+            scores, ids = shards.search(q, k, timeout=DEADLINE)
             ref = offloop.blocking.top_k(q, whole, k=k, normalized=True)
             assert np.array_equal(ids, ref[1]), k
             assert np.array_equal(scores, ref[0]), k
@@ -743,7 +758,7 @@ def test_dask_worker_killed_mid_query_answer_still_exact(normalized,
     q = _queries(3, seed=4)
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            run = ex.submit(shards.search, q, 10)
+            run = ex.submit(shards.search, q, 10, DEADLINE)
             pid = _held_pid(dask_cluster.hold, tag)
             assert pid in {p.pid for p in dask_cluster.workers}
             os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,8 @@ POST /search    {"query": [dim floats] or [[dim floats], ...], "k": 10}
                 (a list of such lists for a list of queries)
 GET  /health    {"status": "ok", "workers": n, "shards": n, "rows": n}
 
-Bad input (wrong length, k out of range) gives 422.
+Bad input (wrong length, k out of range) gives 422; a cluster that does
+not answer within OFFLOOP_SEARCH_TIMEOUT seconds (default 30) gives 504.
 
 Run it (a scheduler and workers as in dask_search.py, then)::
 
@@ -35,6 +36,8 @@ from dask_search import ShardSet
 
 SCHEDULER_ENV = "OFFLOOP_DASK_SCHEDULER"
 MANIFEST_ENV = "OFFLOOP_PIPELINE_MANIFEST"
+#: Seconds a search may take before /search answers 504.
+SEARCH_TIMEOUT = float(os.environ.get("OFFLOOP_SEARCH_TIMEOUT", "30"))
 
 
 class SearchRequest(BaseModel):
@@ -69,9 +72,13 @@ def create_app(scheduler=None, manifest=None):
     async def search(req: SearchRequest, request: Request):
         shards = request.app.state.shards
         try:
-            scores, ids = await shards.asearch(req.query, req.k)
+            scores, ids = await shards.asearch(req.query, req.k,
+                                               timeout=SEARCH_TIMEOUT)
         except (TypeError, ValueError) as exc:
             raise HTTPException(422, str(exc)) from exc
+        except TimeoutError as exc:
+            raise HTTPException(504, f"the cluster did not answer in "
+                                     f"{SEARCH_TIMEOUT} s") from exc
         results = [[{"index": int(i), "score": float(s)}
                     for s, i in zip(srow, irow)]
                    for srow, irow in zip(scores, ids)]

@@ -33,12 +33,13 @@ asynchronous Client (cluster_app.py's /search awaits it).
 """
 
 import argparse
+import asyncio
 import os
 import sys
 import time
 
 import numpy as np
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from tqdm import tqdm
 
 import shards as sh
@@ -127,16 +128,27 @@ class ShardSet:
         self.last_pids = {p[2] for p in parts}
         return sh.merge_top_k([(p[0], p[1]) for p in parts], k)
 
-    def search(self, queries, k=10):
+    def search(self, queries, k=10, timeout=None):
         """Global top-k of queries ((Q, D) or (D,)): (scores, ids), (Q, k).
-        Bad queries or k raise at the call, before anything is submitted."""
+        Bad queries or k raise at the call, before anything is submitted;
+        past timeout seconds (None: no limit), TimeoutError."""
         futs, k = self._submit(queries, k)
-        return self._merge(self.client.gather(futs), k)
+        try:
+            wait(futs, timeout=timeout)
+            return self._merge(self.client.gather(futs), k)
+        except BaseException:
+            self.client.cancel(futs)
+            raise
 
-    async def asearch(self, queries, k=10):
+    async def asearch(self, queries, k=10, timeout=None):
         """search() for a Client(asynchronous=True): awaits the cluster."""
         futs, k = self._submit(queries, k)
-        return self._merge(await self.client.gather(futs), k)
+        try:
+            async with asyncio.timeout(timeout):
+                return self._merge(await self.client.gather(futs), k)
+        except BaseException:
+            await self.client.cancel(futs)
+            raise
 
     def close(self):
         for f in self.futures:

@@ -311,6 +311,11 @@ def search_array(m, queries, k, offset=0, normalized=False):
     """Local top-k of each query over one shard's rows: (scores, ids), both
     (Q, min(k, rows)), ids global (shifted by offset)."""
     k = min(operator.index(k), len(m))  # top_k wants a Python int
+    # An array Dask unpickled from a message may sit at any byte offset in
+    # its frame; offloop's kernels load whole floats, so give them aligned
+    # data (a copy only when it is not; a mapped .npy shard always is).
+    queries = np.require(queries, np.float32, ["C", "A"])
+    m = np.require(m, np.float32, ["C", "A"])
     scores, ids = offloop.blocking.top_k(queries, m, k=k,
                                          normalized=normalized)
     return scores, ids + offset
