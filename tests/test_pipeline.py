@@ -639,7 +639,8 @@ def dask_cluster(tmp_path_factory):
             w = _start([sys.executable, "-m", "dask", "worker", address,
                         "--no-nanny", "--nthreads", "1", "--memory-limit",
                         "0", "--host", "127.0.0.1", "--no-dashboard",
-                        "--name", f"w{n}"], d / f"worker{n}.log", env=env,
+                        "--name", f"w{n}", "--local-directory",
+                        str(d / f"w{n}")], d / f"worker{n}.log", env=env,
                        cwd=PIPE)
             procs.append(w)
             workers.append(w)
