@@ -18,8 +18,9 @@ def _as_float32(obj: object, fname: str,
     Parameters
     ----------
     obj : object
-        A float64 buffer (C-contiguous: the C code checked), or a sequence
-        of numbers (nested for 2-D).
+        A float64 buffer or a float32 one at an unaligned address
+        (C-contiguous: the C code checked), or a sequence of numbers
+        (nested for 2-D).
     fname, name : str
         The calling function and the argument, for error messages.
 
@@ -49,4 +50,7 @@ def _as_float32(obj: object, fname: str,
             f"got dtype {arr.dtype}"
         )
     with numpy.errstate(over="ignore"):
-        return numpy.ascontiguousarray(arr, dtype=numpy.float32)
+        out = numpy.ascontiguousarray(arr, dtype=numpy.float32)
+    # A float32 view at an odd address passes through unchanged above;
+    # the kernels load whole floats, so copy it to aligned memory.
+    return out if out.flags.aligned else out.copy()

@@ -165,10 +165,13 @@ vec_get_input(vec_buf *b, PyObject *obj, const char *fname, const char *name)
                          fname, name, name);
             return -1;
         }
-        if (kind == 'f') {
+        /* A float32 buffer at an address that is not a multiple of 4 (a
+         * view at a byte offset, as Dask or np.frombuffer hand out): the
+         * kernels load whole floats, so it is copied like float64. */
+        if (kind == 'f' && (uintptr_t)b->view.buf % _Alignof(float) == 0) {
             return buf_shape(b, fname, name);
         }
-        vec_buf_release(b); /* float64: converted below */
+        vec_buf_release(b); /* float64, or unaligned: converted below */
     }
     else if (!PySequence_Check(obj) || PyUnicode_Check(obj)) {
         PyErr_Format(PyExc_TypeError,
@@ -218,6 +221,13 @@ vec_get_output(vec_buf *b, PyObject *obj, const char *fname, const char *name,
     }
     if (!PyBuffer_IsContiguous(&b->view, 'C')) {
         PyErr_Format(PyExc_ValueError, "%s(): %s must be C-contiguous",
+                     fname, name);
+        return -1;
+    }
+    if ((uintptr_t)b->view.buf % _Alignof(float) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s(): %s must be aligned to 4 bytes (a float32 view "
+                     "at an odd byte offset cannot be written in place)",
                      fname, name);
         return -1;
     }
