@@ -30,7 +30,7 @@ class BadIndex:
     """__index__ that returns a float: operator.index() refuses it."""
 
     def __index__(self):
-        return 2.0
+        return 2.0  # noqa: PLE0305  (the point)
 
 
 def ints(n):
@@ -65,13 +65,13 @@ async def test_top_k_takes_an_index_k(loop, k):
     assert i.tolist() == [0, 1, 2]
     s2, i2 = await offloop.top_k(Q, M, k)  # positional too
     assert i2.tolist() == [0, 1, 2] and np.array_equal(s, s2)
-    s3, i3 = await offloop.top_k(Q[None], M, k=k, normalized=True)
+    _, i3 = await offloop.top_k(Q[None], M, k=k, normalized=True)
     assert i3.tolist() == [[0, 1, 2]]
 
 
 @pytest.mark.parametrize("k", ints(3), ids=INT_IDS)
 def test_blocking_top_k_takes_an_index_k(k):
-    s, i = offloop.blocking.top_k(Q, M, k=k)
+    _, i = offloop.blocking.top_k(Q, M, k=k)
     assert i.tolist() == [0, 1, 2]
 
 
