@@ -110,9 +110,9 @@ async def test_an_index_that_raises_its_own_error_keeps_it(loop):
 @pytest.mark.parametrize("n", ints(2), ids=INT_IDS)
 def test_configure_takes_index_counts(n):
     try:
-        offloop.configure(threads=n, max_queue=n)
+        offloop.configure(threads=n, max_queue=n, max_batch=n)
         s = offloop.stats()
-        assert (s["threads"], s["max_queue"]) == (2, 2)
+        assert (s["threads"], s["max_queue"], s["max_batch"]) == (2, 2, 2)
         assert _testing.blocking.spin(5) == _testing.spin_reference(5)
         offloop.configure(n, None)  # positional
         assert offloop.stats()["threads"] == 2
@@ -121,14 +121,14 @@ def test_configure_takes_index_counts(n):
 
 
 @pytest.mark.parametrize("bad", NOT_INTS[:-1], ids=NOT_INT_IDS[:-1])
-@pytest.mark.parametrize("name", ["threads", "max_queue"])
+@pytest.mark.parametrize("name", ["threads", "max_queue", "max_batch"])
 def test_configure_refuses_counts_that_are_not_ints(name, bad):
     before = offloop.stats()
     with pytest.raises(TypeError, match=f"configure\\(\\): {name} must be"):
         offloop.configure(**{name: bad})
     after = offloop.stats()
-    assert (after["threads"], after["max_queue"]) == (before["threads"],
-                                                      before["max_queue"])
+    keys = ("threads", "max_queue", "max_batch")
+    assert [after[k] for k in keys] == [before[k] for k in keys]
 
 
 def test_configure_range_applies_to_index_counts():
@@ -138,6 +138,8 @@ def test_configure_range_applies_to_index_counts():
         offloop.configure(max_queue=Index(-3))
     with pytest.raises(ValueError, match="threads must be at most"):
         offloop.configure(threads=np.uint16(5000))
+    with pytest.raises(ValueError, match="max_batch"):
+        offloop.configure(max_batch=np.int8(0))
 
 
 # ---- the _testing jobs ------------------------------------------------------
