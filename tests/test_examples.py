@@ -615,10 +615,16 @@ async def test_fastapi_max_body_is_a_parameter(loop, fastapi_app, nx):
 
 
 async def _occupy_every_worker():
-    """Long sleeps on every worker; returned once all of them run."""
-    threads = offloop.stats()["threads"]
-    sleepers = [_testing.sleep(60) for _ in range(threads)]
-    await _until(lambda: offloop.stats()["running"] >= threads)
+    """Long sleeps on every worker; returned once all of them run.
+
+    Counted by "started", not "running": a worker that has just finished
+    another job (the lifespan's batch_normalize) may still count as
+    running while a sleeper waits in the queue."""
+    s = offloop.stats()
+    sleepers = [_testing.sleep(60) for _ in range(s["threads"])]
+    await _until(lambda: offloop.stats()["started"] - s["started"]
+                 >= s["threads"])
+    assert offloop.stats()["queued"] == 0
     return sleepers
 
 
@@ -836,10 +842,10 @@ held = []
 
 @app.post("/_test/hold")
 async def hold():
-    threads = offloop.stats()["threads"]
-    held.extend(_testing.sleep(60) for _ in range(threads))
+    s = offloop.stats()
+    held.extend(_testing.sleep(60) for _ in range(s["threads"]))
     async with asyncio.timeout(30):
-        while offloop.stats()["running"] < threads:
+        while offloop.stats()["started"] - s["started"] < s["threads"]:
             await asyncio.sleep(0.001)
 
 
