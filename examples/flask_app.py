@@ -7,7 +7,14 @@ running Python meanwhile.
 
 Endpoints: GET /calc/<n>, POST /process-numbers, GET /sum-squares?a=&b=,
 POST /similarity, POST /normalize, POST /search, GET /health, GET /stats
-(see fastapi_app.py).  Bad input gives 422 with a message.
+(see fastapi_app.py), with its input rules: a body over ``MAX_BODY``
+bytes (1 MiB) gets 413 (Flask's MAX_CONTENT_LENGTH, on Content-Length
+or counted for a chunked body, never read past the limit); numbers must be finite (1e309, NaN and
+Infinity get 422), and each vector is divided by its largest magnitude
+before the float32 kernels, so every finite input has a finite answer;
+bad input gives 422 with a message that never repeats the input.  A
+WSGI app cannot see a client disconnect: a dropped request's job runs
+to its end.
 
 Run it (Flask's development server on 127.0.0.1:5000)::
 
@@ -15,10 +22,11 @@ Run it (Flask's development server on 127.0.0.1:5000)::
 """
 
 import argparse
+import math
 import os
 
 import numpy
-from flask import Flask, jsonify, request
+from flask import Flask, abort, current_app, jsonify, request
 
 import offloop
 
@@ -30,6 +38,7 @@ except ImportError:  # the seed endpoints answer 503 until it is built
 ROWS = 100_000
 DIM = 384
 SEED = 0
+MAX_BODY = 1 << 20  # bytes of a request body; over it, 413
 
 
 class BadRequest(Exception):
@@ -47,10 +56,15 @@ def _int(value, name):
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be an integer, got {value!r}")
+        raise BadRequest(f"{name} must be an integer") from None
 
 
 def _body():
+    # Werkzeug refuses a Content-Length over MAX_CONTENT_LENGTH with 413,
+    # but cuts a chunked body there without a word: the limit is set one
+    # byte higher, and a body that reaches it is refused here.
+    if len(request.get_data(cache=True)) > current_app.config["MAX_BODY"]:
+        abort(413)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -68,9 +82,46 @@ def _field(body, name, kind, default=...):
     return value
 
 
-def create_app(rows=None, dim=DIM, seed=SEED):
-    """The application, with its search matrix of unit vectors."""
+def _vector(value, name):
+    """A non-empty list of finite numbers (json parses 1e309 to inf and
+    accepts NaN and Infinity)."""
+    if not isinstance(value, list) or not value:
+        raise BadRequest(f"{name} must be a non-empty list of numbers")
+    for i, x in enumerate(value):
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            raise BadRequest(f"{name}[{i}] must be a finite number")
+        try:
+            finite = math.isfinite(x)
+        except OverflowError:  # an int beyond any float
+            finite = False
+        if not finite:
+            raise BadRequest(f"{name}[{i}] must be a finite number")
+    return value
+
+
+def _scaled(values, name):
+    """``values`` (a vector, or rows) as float32, each vector divided by
+    its largest magnitude: the float32 kernels' squares neither overflow
+    nor underflow, and cosines and unit vectors do not depend on the
+    scale (see fastapi_app.scaled)."""
+    try:
+        x = numpy.array(values, dtype=numpy.float64)
+    except (ValueError, OverflowError):  # ragged rows, ints beyond float
+        raise BadRequest(f"{name} must be rows of one length of finite "
+                         "numbers") from None
+    if x.size:
+        peak = numpy.abs(x).max(axis=-1, keepdims=True)
+        peak[peak == 0] = 1.0
+        x /= peak
+    return x.astype(numpy.float32)
+
+
+def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
+    """The application, with its search matrix of unit vectors; request
+    bodies over ``max_body`` bytes get 413."""
     app = Flask(__name__)
+    app.config["MAX_BODY"] = max_body
+    app.config["MAX_CONTENT_LENGTH"] = max_body + 1  # see _body()
     n = rows or int(os.environ.get("OFFLOOP_DEMO_ROWS", ROWS))
     rng = numpy.random.default_rng(seed)
     matrix = rng.standard_normal((n, dim), dtype=numpy.float32)
@@ -83,6 +134,11 @@ def create_app(rows=None, dim=DIM, seed=SEED):
     @app.errorhandler(OverflowError)
     def bad_input(exc):
         return jsonify(detail=str(exc)), 422
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return jsonify(detail=f"the request body is over this app's limit "
+                              f"of {max_body} bytes"), 413
 
     @app.errorhandler(LookupError)
     @app.errorhandler(RuntimeError)
@@ -113,14 +169,19 @@ def create_app(rows=None, dim=DIM, seed=SEED):
     @app.post("/similarity")
     def similarity():
         body = _body()
-        a, b = _field(body, "a", list), _field(body, "b", list)
+        a = _scaled(_vector(_field(body, "a", list), "a"), "a")
+        b = _scaled(_vector(_field(body, "b", list), "b"), "b")
         return jsonify(similarity=offloop.blocking.cosine_similarity(a, b))
 
     @app.post("/normalize")
     def normalize():
         vectors = _field(_body(), "vectors", list)
+        if not vectors:
+            raise BadRequest("vectors must be a non-empty list of rows")
+        x = _scaled([_vector(row, f"vectors[{i}]")
+                     for i, row in enumerate(vectors)], "vectors")
         return jsonify(
-            vectors=offloop.blocking.batch_normalize(vectors).tolist())
+            vectors=offloop.blocking.batch_normalize(x, out=x).tolist())
 
     @app.post("/search")
     def search():
@@ -133,7 +194,8 @@ def create_app(rows=None, dim=DIM, seed=SEED):
                 raise BadRequest(f"like must be in [0, {len(m)})")
             query = m[like]
         else:
-            query = _field(body, "query", list)
+            query = _scaled(_vector(_field(body, "query", list), "query"),
+                            "query")
         if not 1 <= k <= min(1000, len(m)):
             raise BadRequest(f"k must be between 1 and {min(1000, len(m))}")
         scores, idx = offloop.blocking.top_k(query, m, k=k,
@@ -156,9 +218,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument("--max-body", type=int, default=MAX_BODY)
     args = parser.parse_args(argv)
-    create_app(rows=args.rows).run(host="127.0.0.1", port=args.port,
-                                   threaded=True)
+    create_app(rows=args.rows, max_body=args.max_body).run(
+        host="127.0.0.1", port=args.port, threaded=True)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,23 @@ SIGINT.  Every wait has a deadline.
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import hashlib
+import http.client
 import importlib
 import importlib.util
+import io
+import json
 import os
 import pathlib
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+import types
 
 import numpy
 import pytest
@@ -244,6 +250,69 @@ async def test_native_bad_input_raises_at_the_call(loop, nx, call, exc,
     assert offloop.stats()["submitted"] == submitted  # nothing queued
 
 
+class _Index:
+    """An int only through __index__, like a user's own integer type."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __index__(self):
+        return self.value
+
+
+INDEX_INTS = [numpy.int64, numpy.int32, numpy.uint8, _Index]
+INDEX_IDS = ["int64", "int32", "uint8", "__index__"]
+
+
+@pytest.mark.parametrize("make", INDEX_INTS, ids=INDEX_IDS)
+async def test_native_integer_arguments_take_what_operator_index_takes(
+        loop, nx, make):
+    assert await nx.double(make(21)) == 42
+    assert nx.blocking.double(make(21)) == 42
+    assert await nx.sum_squares(make(3), make(4)) == 25
+    assert nx.blocking.sum_squares(make(5), 12) == 169
+    expected = process_reference([1, 2, 3], 10)
+    out = await nx.process_numbers([make(1), 2, make(3)], rounds=make(10))
+    assert out.tolist() == expected
+    out = nx.blocking.process_numbers((make(1), make(2), 3), make(10))
+    assert out.tolist() == expected
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda f: f.double(numpy.float32(2)), TypeError,
+     r"double\(\): x must be an int or a float, not numpy.float32"),
+    (lambda f: f.double(numpy.True_), TypeError, "x must be .* not numpy.bool"),
+    (lambda f: f.sum_squares(1, "2"), TypeError, "b must be .* not str"),
+    (lambda f: f.process_numbers([1], rounds=numpy.float32(2)), TypeError,
+     "rounds must be an int, not numpy.float32"),
+    (lambda f: f.process_numbers([1], rounds=2.0), TypeError,
+     "rounds must be an int, not float"),
+    (lambda f: f.process_numbers([1], rounds="2"), TypeError,
+     "rounds must be an int, not str"),
+    (lambda f: f.process_numbers([1], rounds=True), TypeError,
+     "rounds must be an int, not bool"),
+    (lambda f: f.process_numbers([1], rounds=numpy.int64(-1)), ValueError,
+     "rounds must be between 0"),
+    (lambda f: f.process_numbers([1, numpy.float32(2)]), TypeError,
+     r"numbers\[1\] must be an int, not numpy.float32"),
+    (lambda f: f.process_numbers([numpy.True_]), TypeError,
+     r"numbers\[0\] must be an int, not numpy.bool"),
+    (lambda f: f.process_numbers([numpy.uint64(2**64 - 1)]), OverflowError,
+     r"numbers\[0\] does not fit"),
+    (lambda f: f.double(_Index(2**63)), OverflowError, "x does not fit"),
+], ids=["x float32", "x np.bool", "b str", "rounds float32", "rounds float",
+        "rounds str", "rounds bool", "rounds -1", "item float32",
+        "item np.bool", "item uint64 max", "x 2**63"])
+async def test_native_refuses_what_is_not_an_int_on_both_twins(
+        loop, nx, call, exc, match):
+    submitted = offloop.stats()["submitted"]
+    with pytest.raises(exc, match=match):
+        call(nx)
+    with pytest.raises(exc, match=match):
+        call(nx.blocking)
+    assert offloop.stats()["submitted"] == submitted
+
+
 async def test_native_error_found_on_the_worker_reaches_the_caller(loop, nx):
     with pytest.raises(OverflowError, match="a\\*a \\+ b\\*b does not fit"):
         await nx.sum_squares(2**32, 2**32)
@@ -390,6 +459,253 @@ async def test_fastapi_concurrent_requests(loop, client):
     assert [r.json()["result"] for r in rs] == [2 * i for i in range(100)]
 
 
+# ---- the FastAPI app: the input rules ---------------------------------------
+
+JSON = {"content-type": "application/json"}
+
+
+def _strict_json(text):
+    """Parse JSON that must hold no NaN or Infinity (json.loads takes
+    them)."""
+    def refuse(name):
+        raise AssertionError(f"{name} in a response")
+    return json.loads(text, parse_constant=refuse)
+
+
+QUERY = ", ".join(["1"] * 383)
+
+
+@pytest.mark.parametrize("url, body, loc", [
+    ("/similarity", '{"a": [1e309, 0], "b": [1, 1]}', ["a", 0]),
+    ("/similarity", '{"a": [1, 0], "b": [-1e309, 1]}', ["b", 0]),
+    ("/similarity", '{"a": [NaN, 0], "b": [1, 1]}', ["a", 0]),
+    ("/normalize", '{"vectors": [[1e309, 1]]}', ["vectors", 0, 0]),
+    ("/normalize", '{"vectors": [[1, 2], [3, Infinity]]}',
+     ["vectors", 1, 1]),
+    ("/normalize", '{"vectors": [[1, 2], [3, -Infinity]]}',
+     ["vectors", 1, 1]),
+    ("/search", f'{{"query": [1e309, {QUERY}], "k": 3}}', ["query", 0]),
+    ("/search", f'{{"query": [NaN, {QUERY}], "k": 3}}', ["query", 0]),
+    ("/search", f'{{"query": [{QUERY}, Infinity]}}', ["query", 383]),
+], ids=["similarity 1e309", "similarity -1e309", "similarity NaN",
+        "normalize 1e309", "normalize Infinity", "normalize -Infinity",
+        "search 1e309", "search NaN", "search Infinity"])
+async def test_fastapi_non_finite_input_is_422(loop, client, url, body, loc):
+    r = await client.post(url, content=body, headers=JSON)
+    assert r.status_code == 422, r.text
+    assert r.json() == {"errors": 1, "detail": [{
+        "loc": ["body", *loc], "msg": "Input should be a finite number",
+        "type": "finite_number"}]}
+
+
+async def test_fastapi_extreme_finite_inputs_get_exact_finite_answers(
+        loop, client):
+    # float32 squares overflow past ~1.8e19 and underflow below ~1e-19;
+    # the app scales each vector first, so none of this is a zero row.
+    rows = [[1e30, 1e30], [3e38, -4e38], [1e300, 1e-300], [1e-30, 2e-30],
+            [0, 0], [5e-324, 0], [-1e308, 1e308]]
+    r = await client.post("/normalize", json={"vectors": rows})
+    assert r.status_code == 200, r.text
+    got = numpy.array(_strict_json(r.text)["vectors"])
+    h = 0.5 ** 0.5
+    want = [[h, h], [0.6, -0.8], [1, 0], [5 ** -0.5, 2 * 5 ** -0.5],
+            [0, 0], [1, 0], [-h, h]]
+    numpy.testing.assert_allclose(got, want, atol=1e-6)
+    for a, b, want in [([1e300, 1e300], [1e-300, 1e-300], 1.0),
+                       ([1e20, 0], [1e20, 1e20], h),
+                       ([3e38, 3e38], [-3e38, -3e38], -1.0),
+                       ([1e-30, 0], [0, 1e-30], 0.0),
+                       ([0, 0], [1, 1], 0.0)]:
+        r = await client.post("/similarity", json={"a": a, "b": b})
+        assert r.status_code == 200, r.text
+        assert _strict_json(r.text)["similarity"] == pytest.approx(
+            want, abs=1e-6)
+    row = client.app.state.matrix[42].astype(float)
+    for scale in (1e30, 1e-30, 1e300):
+        r = await client.post("/search", json={"query": (row * scale)
+                                               .tolist(), "k": 2})
+        assert r.status_code == 200, r.text
+        best = _strict_json(r.text)["results"][0]
+        assert best["index"] == 42
+        assert best["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_fastapi_422_never_echoes_the_input(loop, client):
+    marker = "Z" * 200_000
+    r = await client.post("/process-numbers",
+                          json={"numbers": [1, 2, marker]})
+    assert r.status_code == 422
+    assert len(r.content) < 1000 and "ZZZ" not in r.text
+    (error,) = r.json()["detail"]
+    assert error == {"loc": ["body", "numbers", 2], "type": "int_parsing",
+                     "msg": "Input should be a valid integer, unable to "
+                            "parse string as an integer"}
+    # A list stops at its first bad item: one error, not 100,000.
+    r = await client.post("/process-numbers",
+                          json={"numbers": ["x"] * 100_000})
+    assert r.json()["errors"] == 1 and len(r.content) < 1000
+    r = await client.post("/normalize", json={"vectors": [["y"] * 1000]
+                                              * 100})
+    assert r.json()["errors"] == 1 and len(r.content) < 1000
+    r = await client.post("/search", json={"query": ["q"] * 4096, "k": 3})
+    assert r.json()["errors"] == 1 and len(r.content) < 1000
+    # Broken JSON: its position, not the document.
+    r = await client.post("/process-numbers",
+                          content=b'{"numbers": [' + b"7, " * 100_000,
+                          headers=JSON)
+    assert r.status_code == 422 and len(r.content) < 1000
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_fastapi_422_lists_at_most_max_errors(loop, fastapi_app):
+    from fastapi.exceptions import RequestValidationError
+
+    errors = [{"loc": ("body", "numbers", i), "msg": "bad", "type": "t",
+               "input": "Z" * 1000} for i in range(1000)]
+    r = await fastapi_app.validation_error(None,
+                                           RequestValidationError(errors))
+    body = json.loads(r.body)
+    assert r.status_code == 422 and body["errors"] == 1000
+    assert len(body["detail"]) == fastapi_app.MAX_ERRORS
+    assert b"ZZZ" not in r.body
+
+
+async def test_fastapi_body_over_the_limit_is_413(loop, client, fastapi_app):
+    limit = fastapi_app.MAX_BODY
+    big = b'{"numbers": [' + b"1," * (limit // 2) + b'1]}'
+    assert len(big) > limit
+    r = await client.post("/process-numbers", content=big, headers=JSON)
+    assert r.status_code == 413
+    assert r.json() == {"detail": "the request body is over this app's "
+                                  f"limit of {limit} bytes"}
+    # Chunked, no Content-Length: counted as it streams in, and no more
+    # of it is read once the count passes the limit.
+    pulled = []
+
+    async def chunks():
+        for i in range(0, len(big), 65536):
+            pulled.append(i)
+            yield big[i:i + 65536]
+
+    r = await client.post("/process-numbers", content=chunks(),
+                          headers=JSON)
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and str(limit) in r.json()["detail"]
+    assert len(pulled) == limit // 65536 + 1  # stopped past the limit
+    # At the limit exactly: served.
+    body = b'{"numbers": [5], "rounds": 3}'
+    body += b" " * (limit - len(body))
+    r = await client.post("/process-numbers", content=body, headers=JSON)
+    assert r.status_code == 200 and r.json() == {
+        "results": process_reference([5], 3)}
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_fastapi_max_body_is_a_parameter(loop, fastapi_app, nx):
+    app = fastapi_app.create_app(rows=ROWS, max_body=100)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://t") as c:
+            r = await c.post("/similarity", json={"a": [1] * 30,
+                                                  "b": [1] * 30})
+            assert r.status_code == 413 and "100 bytes" in r.text
+            r = await c.post("/similarity", json={"a": [1], "b": [2]})
+            assert r.status_code == 200
+
+
+async def _occupy_every_worker():
+    """Long sleeps on every worker; returned once all of them run.
+
+    Counted by "started", not "running": a worker that has just finished
+    another job (the lifespan's batch_normalize) may still count as
+    running while a sleeper waits in the queue."""
+    s = offloop.stats()
+    sleepers = [_testing.sleep(60) for _ in range(s["threads"])]
+    await _until(lambda: offloop.stats()["started"] - s["started"]
+                 >= s["threads"])
+    assert offloop.stats()["queued"] == 0
+    return sleepers
+
+
+async def _release(sleepers):
+    for s in sleepers:
+        s.cancel()
+    await asyncio.gather(*sleepers, return_exceptions=True)
+    assert await asyncio.to_thread(_testing.wait_idle, DEADLINE)
+
+
+def _asgi_post(path, body):
+    """An ASGI scope of ``POST path`` with a JSON body."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        "method": "POST", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/search", b'{"like": 3, "k": 2}'),
+    ("/normalize", b'{"vectors": [' + b"[1, 2, 3, 4, 5, 6, 7, 8]," * 9000
+     + b"[8, 7, 6, 5, 4, 3, 2, 1]]}"),
+    ("/process-numbers", b'{"numbers": [1, 2, 3], "rounds": 100000}'),
+], ids=["search", "normalize", "process-numbers"])
+async def test_fastapi_a_disconnected_clients_job_is_cancelled(
+        loop, client, path, body):
+    """The ASGI app as a server drives it: the body, then, while the job
+    waits for a worker, ``http.disconnect``."""
+    sleepers = await _occupy_every_worker()
+    try:
+        before = offloop.stats()
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": body,
+                     "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        app = asyncio.ensure_future(client.app(_asgi_post(path, body),
+                                               receive, send))
+        await _until(lambda: app.done() or
+                     offloop.stats()["queued"] > before["queued"])
+        assert not app.done() and not sent, sent
+        gone.set()
+        async with asyncio.timeout(DEADLINE):
+            await app
+        after = offloop.stats()
+        assert after["cancelled"] == before["cancelled"] + 1
+        assert after["queued"] == before["queued"]
+        assert sent[0]["status"] == 499  # for the log: nobody reads it
+    finally:
+        await _release(sleepers)
+    assert offloop.stats()["started"] == before["started"]  # never ran
+
+
+async def test_fastapi_a_connected_clients_job_is_not_cancelled(loop,
+                                                                 client):
+    sleepers = await _occupy_every_worker()
+    before = offloop.stats()
+    task = asyncio.ensure_future(client.post("/search",
+                                             json={"like": 5, "k": 1}))
+    await _until(lambda: offloop.stats()["queued"] > before["queued"])
+    await _release(sleepers)
+    r = await task
+    assert r.status_code == 200 and r.json()["results"][0]["index"] == 5
+    assert offloop.stats()["cancelled"] == before["cancelled"] + len(
+        sleepers)
+
+
 # ---- the FastAPI app for real: uvicorn on loopback ------------------------
 
 
@@ -399,42 +715,191 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_fastapi_app_under_uvicorn_on_loopback(native_ext):
+@contextlib.contextmanager
+def _uvicorn(*argv):
+    """Run ``python *argv --port PORT`` (a uvicorn server) until /health
+    answers; yield a namespace with ``port``, ``base`` and an httpx
+    ``client``; stop the server with SIGINT.  Afterwards the namespace
+    holds its ``out``, ``err`` and ``returncode``."""
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    srv = types.SimpleNamespace(port=port, base=f"http://127.0.0.1:{port}")
     # The environment as is: under the sanitizer CI stage, this Python
     # loads a sanitized offloop and needs the same LD_PRELOAD.
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port",
-         str(port), "--rows", str(ROWS)],
+        [sys.executable, *map(str, argv), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + DEADLINE
-        with httpx.Client(base_url=base, timeout=5) as c:
+        with httpx.Client(base_url=srv.base, timeout=DEADLINE) as c:
             while True:
                 assert proc.poll() is None, proc.communicate()
                 try:
-                    if c.get("/health").status_code == 200:
+                    if c.get("/health", timeout=5).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 assert time.monotonic() < deadline, "no /health answer"
                 time.sleep(0.05)  # polling a subprocess, bounded
-            assert c.get("/calc/21").json()["result"] == 42
-            r = c.post("/search", json={"like": 7, "k": 2})
-            assert r.json()["results"][0]["index"] == 7
-            assert c.get("/sum-squares?a=x&b=1").status_code == 422
+            srv.client = c
+            yield srv
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out, err = proc.communicate(timeout=DEADLINE)
+            srv.out, srv.err = proc.communicate(timeout=DEADLINE)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
+            proc.communicate()
             pytest.fail("uvicorn did not stop on SIGINT")
-    assert proc.returncode == 0, err
-    assert f"curl {base}/calc/21" in out
-    assert "Traceback" not in err
+        srv.returncode = proc.returncode
+
+
+def test_fastapi_app_under_uvicorn_on_loopback(native_ext):
+    with _uvicorn(EXAMPLES / "fastapi_app.py", "--rows", ROWS) as srv:
+        c = srv.client
+        assert c.get("/calc/21").json()["result"] == 42
+        r = c.post("/search", json={"like": 7, "k": 2})
+        assert r.json()["results"][0]["index"] == 7
+        assert c.get("/sum-squares?a=x&b=1").status_code == 422
+    assert srv.returncode == 0, srv.err
+    assert f"curl {srv.base}/calc/21" in srv.out
+    assert "Traceback" not in srv.err
+
+
+def _post_head(port, path, length=None):
+    """The head of ``POST path`` with a JSON body of ``length`` bytes, or
+    chunked if None."""
+    framing = (b"Transfer-Encoding: chunked" if length is None
+               else b"Content-Length: %d" % length)
+    return (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\n%s\r\n\r\n"
+            % (path.encode(), port, framing))
+
+
+def _read_response(sock):
+    """(status, JSON body) of the response waiting on ``sock``."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, json.loads(response.read())
+
+
+def test_fastapi_50_mb_body_gets_413_while_health_answers(native_ext,
+                                                         fastapi_app):
+    limit = fastapi_app.MAX_BODY
+    size = 50 * 2**20
+    piece = b"1, " * 21845 + b"1,"  # 64 KiB of a list of numbers
+    with _uvicorn(EXAMPLES / "fastapi_app.py", "--rows", ROWS) as srv:
+        c = srv.client
+        with socket.create_connection(("127.0.0.1", srv.port),
+                                      timeout=DEADLINE) as sock:
+            # A Content-Length over the limit is answered at once: the
+            # 413 arrives before the client sent any of the 50 MB.
+            sock.sendall(_post_head(srv.port, "/process-numbers", size))
+            status, body = _read_response(sock)
+            assert status == 413
+            assert body["detail"] == ("the request body is over this app's "
+                                      f"limit of {limit} bytes")
+            assert c.get("/health").json() == {"status": "ok"}
+            # The body anyway: uvicorn reads and discards it.
+            head = b'{"numbers": ['
+            sock.sendall(head)
+            for sent in range(len(head), size, len(piece)):
+                sock.sendall(piece[:size - sent])
+            assert c.get("/health").json() == {"status": "ok"}
+        with socket.create_connection(("127.0.0.1", srv.port),
+                                      timeout=DEADLINE) as sock:
+            # Chunked: counted as it streams in.  Halfway to the limit,
+            # the server answers others; past it, the 413 comes without
+            # waiting for the rest of the 50 MB.
+            sock.sendall(_post_head(srv.port, "/process-numbers"))
+            sent, checked = 0, False
+            while not select.select([sock], [], [], 0)[0]:
+                assert sent < size, "no answer before the whole body"
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+                if not checked and sent > limit // 2:
+                    assert c.get("/health").json() == {"status": "ok"}
+                    checked = True
+            status, body = _read_response(sock)
+            assert status == 413 and str(limit) in body["detail"]
+            assert checked and sent < size
+        assert c.get("/health").json() == {"status": "ok"}
+    assert srv.returncode == 0, srv.err
+    assert "Traceback" not in srv.err
+
+
+# The example app plus two routes that hold every worker of the server's
+# pool (long _testing.sleep jobs) and let them go: a job submitted in
+# between waits in the queue, where a test can see it.
+GATED_APP = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+import fastapi_app, offloop, uvicorn
+from offloop import _testing
+
+app = fastapi_app.create_app(rows=int(sys.argv[2]))
+held = []
+
+
+@app.post("/_test/hold")
+async def hold():
+    s = offloop.stats()
+    held.extend(_testing.sleep(60) for _ in range(s["threads"]))
+    async with asyncio.timeout(30):
+        while offloop.stats()["started"] - s["started"] < s["threads"]:
+            await asyncio.sleep(0.001)
+
+
+@app.post("/_test/release")
+async def release():
+    for fut in held:
+        fut.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    held.clear()
+    assert await asyncio.to_thread(_testing.wait_idle, 30)
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[4]),
+            log_level="warning")
+"""
+
+
+def _wait_for(predicate):
+    """Poll ``predicate`` (a request to the server) until it holds."""
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)  # polling a subprocess, bounded
+
+
+def test_fastapi_search_of_a_client_that_disconnects_is_cancelled(
+        native_ext):
+    with _uvicorn("-c", GATED_APP, EXAMPLES, ROWS) as srv:
+        c = srv.client
+
+        def stats():
+            return c.get("/stats").json()
+
+        c.post("/_test/hold").raise_for_status()
+        before = stats()
+        body = b'{"like": 7, "k": 3}'
+        with socket.create_connection(("127.0.0.1", srv.port),
+                                      timeout=DEADLINE) as sock:
+            sock.sendall(_post_head(srv.port, "/search", len(body)) + body)
+            # Its top_k waits behind the held workers ...
+            _wait_for(lambda: stats()["queued"] > before["queued"])
+        # ... and the client hangs up: uvicorn reports the disconnect to
+        # the app, which cancels the job.
+        _wait_for(lambda: stats()["cancelled"] > before["cancelled"])
+        after = stats()
+        assert after["cancelled"] == before["cancelled"] + 1
+        assert after["queued"] == before["queued"]
+        c.post("/_test/release").raise_for_status()
+        assert stats()["started"] == before["started"]  # never scanned
+        # A client that stays gets its answer.
+        r = c.post("/search", json={"like": 7, "k": 2})
+        assert r.json()["results"][0]["index"] == 7
+    assert srv.returncode == 0, srv.err
+    assert "Traceback" not in srv.err and "Exception" not in srv.err
 
 
 # ---- the Flask app ---------------------------------------------------------
@@ -477,3 +942,93 @@ def test_flask_bad_input_is_422(flask_client, nx, method, url, body, match):
                                               else {}))
     assert r.status_code == 422
     assert match in r.get_json()["detail"]
+
+
+@pytest.mark.parametrize("url, body", [
+    ("/similarity", '{"a": [1e309, 0], "b": [1, 1]}'),
+    ("/similarity", '{"a": [1, 0], "b": [NaN, 1]}'),
+    ("/similarity", f'{{"a": [1, 0], "b": [{"9" * 400}, 1]}}'),
+    ("/normalize", '{"vectors": [[1, 2], [-Infinity, 1]]}'),
+    ("/search", f'{{"query": [1e309, {QUERY}]}}'),
+    ("/search", f'{{"query": [NaN, {QUERY}]}}'),
+], ids=["similarity 1e309", "similarity NaN", "similarity 10**400",
+        "normalize -Infinity", "search 1e309", "search NaN"])
+def test_flask_non_finite_input_is_422(flask_client, nx, url, body):
+    r = flask_client.post(url, data=body, content_type="application/json")
+    assert r.status_code == 422
+    assert r.get_json()["detail"].endswith("must be a finite number")
+
+
+def test_flask_extreme_finite_inputs_get_exact_finite_answers(flask_client,
+                                                              nx):
+    c = flask_client
+    rows = [[1e30, 1e30], [3e38, -4e38], [1e300, 1e-300], [0, 0]]
+    r = c.post("/normalize", json={"vectors": rows})
+    h = 0.5 ** 0.5
+    numpy.testing.assert_allclose(
+        _strict_json(r.get_data(as_text=True))["vectors"],
+        [[h, h], [0.6, -0.8], [1, 0], [0, 0]], atol=1e-6)
+    r = c.post("/similarity", json={"a": [1e300, 1e300], "b": [1e-300, 0]})
+    assert _strict_json(r.get_data(as_text=True))["similarity"] == (
+        pytest.approx(h, abs=1e-6))
+    row = c.application.config["MATRIX"][42].astype(float)
+    r = c.post("/search", json={"query": (row * 1e30).tolist(), "k": 1})
+    best = _strict_json(r.get_data(as_text=True))["results"][0]
+    assert best["index"] == 42 and best["score"] == pytest.approx(1.0,
+                                                                  abs=1e-5)
+
+
+def test_flask_body_over_the_limit_is_413(flask_client, nx):
+    limit = flask_client.application.config["MAX_BODY"]
+    big = b'{"numbers": [' + b"1," * (limit // 2) + b"1]}"
+    r = flask_client.post("/process-numbers", data=big,
+                          content_type="application/json")
+    assert r.status_code == 413
+    assert r.get_json() == {"detail": "the request body is over this app's "
+                                      f"limit of {limit} bytes"}
+    body = b'{"numbers": [5], "rounds": 3}'
+    body += b" " * (limit - len(body))
+    r = flask_client.post("/process-numbers", data=body,
+                          content_type="application/json")
+    assert r.get_json() == {"results": process_reference([5], 3)}
+
+
+class _Unsized:
+    """A request body of unknown length, as a chunked upload reaches a
+    WSGI app; counts what was read of it."""
+
+    def __init__(self, data):
+        self.file = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self.file.read(min(n, 65536) if n and n > 0 else 65536)
+
+
+@pytest.mark.parametrize("extra, status", [(0, 200), (1, 413),
+                                           (40 * 2**20, 413)])
+def test_flask_chunked_body_is_counted(flask_client, nx, extra, status):
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    app = flask_client.application
+    limit = app.config["MAX_BODY"]
+    body = b'{"numbers": [5], "rounds": 3}'
+    body += b" " * (limit - len(body) + extra)
+    environ = EnvironBuilder(path="/process-numbers", method="POST",
+                             content_type="application/json").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    # What Werkzeug's server sets for Transfer-Encoding: chunked.
+    environ["wsgi.input_terminated"] = True
+    environ["wsgi.input"] = stream = _Unsized(body)
+    out, got, _ = run_wsgi_app(app.wsgi_app, environ)
+    assert int(got.split()[0]) == status, b"".join(out)
+    assert stream.file.tell() <= limit + 1  # never read past the limit
+
+
+def test_flask_errors_never_echo_the_input(flask_client, nx):
+    c = flask_client
+    r = c.get("/calc/" + "Z" * 5000)
+    assert r.status_code == 422 and b"ZZZ" not in r.data
+    r = c.post("/process-numbers", json={"numbers": [1, "Z" * 100_000]})
+    assert r.status_code == 422 and len(r.data) < 200
+    r = c.post("/search", json={"query": ["Z" * 100_000]})
+    assert r.status_code == 422 and len(r.data) < 200

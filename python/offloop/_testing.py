@@ -12,6 +12,7 @@ blocking twin.
 - ``wait_idle(timeout)``: waits until no job is queued or running.
 """
 
+import operator as _operator
 import types as _types
 
 from ._core import fail, live_jobs, noop, sleep, spin, wait_idle
@@ -32,6 +33,7 @@ _MASK = (1 << 64) - 1
 
 def spin_reference(iterations: int) -> int:
     """What ``spin(iterations)`` returns, computed in Python."""
+    iterations = _operator.index(iterations)
     x = iterations & _MASK
     for _ in range(iterations):
         x = (x * 6364136223846793005 + 1442695040888963407) & _MASK

@@ -6,23 +6,32 @@
 
 /* ---- configure, stats, shutdown ------------------------------------ */
 
-/* An int >= minimum, or None (-> *out untouched, returns 0). */
+/* An int >= minimum, or None (-> *out untouched, returns 0).  An int is
+ * whatever operator.index() takes (numpy integers, __index__), except
+ * bool, which reads as a mistake. */
 static int
 parse_count(PyObject *obj, const char *name, long long minimum,
             unsigned long long *out)
 {
+    PyObject *idx;
     long long v;
 
     if (obj == NULL || obj == Py_None) {
         return 0;
     }
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+    idx = PyBool_Check(obj) ? NULL : PyNumber_Index(obj);
+    if (idx == NULL) {
+        if (!PyBool_Check(obj) && !PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return -1; /* __index__ raised something else: keep it */
+        }
+        PyErr_Clear();
         PyErr_Format(PyExc_TypeError,
                      "configure(): %s must be an int or None, not %.100s",
                      name, Py_TYPE(obj)->tp_name);
         return -1;
     }
-    v = PyLong_AsLongLong(obj);
+    v = PyLong_AsLongLong(idx);
+    Py_DECREF(idx);
     if (v == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         v = -1; /* too large either way */

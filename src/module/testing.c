@@ -94,15 +94,24 @@ static ol_pyjob *
 spin_job(PyObject *arg)
 {
     ol_pyjob *job;
+    PyObject *idx;
     unsigned long long n;
 
-    if (!PyLong_Check(arg) || PyBool_Check(arg)) {
+    /* An int is whatever operator.index() takes (numpy integers,
+     * __index__), except bool, which reads as a mistake. */
+    idx = PyBool_Check(arg) ? NULL : PyNumber_Index(arg);
+    if (idx == NULL) {
+        if (!PyBool_Check(arg) && !PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return NULL; /* __index__ raised something else: keep it */
+        }
+        PyErr_Clear();
         PyErr_Format(PyExc_TypeError,
                      "spin(): iterations must be an int, not %.100s",
                      Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    n = PyLong_AsUnsignedLongLong(arg);
+    n = PyLong_AsUnsignedLongLong(idx);
+    Py_DECREF(idx);
     if (n == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         PyErr_Format(PyExc_ValueError,
@@ -176,7 +185,9 @@ sleep_job(PyObject *arg)
     ol_pyjob *job;
     double seconds;
 
-    if (!(PyFloat_Check(arg) || PyLong_Check(arg)) || PyBool_Check(arg)) {
+    /* A float, or an int as operator.index() takes it (numpy integers);
+     * PyFloat_AsDouble() falls back on __index__.  Never a bool. */
+    if (!(PyFloat_Check(arg) || PyIndex_Check(arg)) || PyBool_Check(arg)) {
         PyErr_Format(PyExc_TypeError,
                      "sleep(): seconds must be a number, not %.100s",
                      Py_TYPE(arg)->tp_name);

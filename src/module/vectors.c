@@ -459,22 +459,32 @@ cosine_similarities_blocking(PyObject *module, PyObject *const *args,
     return sims_impl(module, args, nargs, kwnames, 1);
 }
 
-/* k: an int from 1 to n. */
+/* k: an int from 1 to n; whatever operator.index() takes (numpy
+ * integers, __index__), except bool, which reads as a mistake. */
 static int
 parse_k(PyObject *obj, size_t n, size_t *k, const char *fname)
 {
+    PyObject *idx;
     long long v;
 
     if (obj == NULL) {
         v = 10;
     }
-    else if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s(): k must be an int, not %.100s",
-                     fname, Py_TYPE(obj)->tp_name);
-        return -1;
-    }
     else {
-        v = PyLong_AsLongLong(obj);
+        idx = PyBool_Check(obj) ? NULL : PyNumber_Index(obj);
+        if (idx == NULL) {
+            if (!PyBool_Check(obj) &&
+                !PyErr_ExceptionMatches(PyExc_TypeError)) {
+                return -1; /* __index__ raised something else: keep it */
+            }
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "%s(): k must be an int, not %.100s", fname,
+                         Py_TYPE(obj)->tp_name);
+            return -1;
+        }
+        v = PyLong_AsLongLong(idx);
+        Py_DECREF(idx);
         if (v == -1 && PyErr_Occurred()) {
             PyErr_Clear();
             v = -1;

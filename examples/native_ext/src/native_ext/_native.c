@@ -61,11 +61,32 @@ typedef struct {
     double f;
 } number;
 
+/* An int as operator.index() takes it: int, numpy integers, any object
+ * with __index__; never a bool, which reads as a mistake.  A new
+ * reference to an exact int, or NULL with TypeError naming the argument
+ * ("must be <what>"). */
+static PyObject *
+as_int(PyObject *obj, const char *fname, const char *arg, const char *what)
+{
+    PyObject *idx = PyBool_Check(obj) ? NULL : PyNumber_Index(obj);
+
+    if (idx == NULL) {
+        if (!PyBool_Check(obj) && !PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return NULL; /* __index__ raised something else: keep it */
+        }
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s(): %s must be %s, not %.100s",
+                     fname, arg, what, Py_TYPE(obj)->tp_name);
+    }
+    return idx;
+}
+
 /* Read an int (int64) or a float; TypeError or OverflowError naming the
  * argument otherwise. */
 static int
 parse_number(PyObject *obj, const char *fname, const char *arg, number *out)
 {
+    PyObject *idx;
     int overflow;
 
     if (PyFloat_Check(obj)) {
@@ -73,14 +94,13 @@ parse_number(PyObject *obj, const char *fname, const char *arg, number *out)
         out->f = PyFloat_AS_DOUBLE(obj);
         return 0;
     }
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "%s(): %s must be an int or a float, not %.100s", fname,
-                     arg, Py_TYPE(obj)->tp_name);
+    idx = as_int(obj, fname, arg, "an int or a float");
+    if (idx == NULL) {
         return -1;
     }
     out->is_float = 0;
-    out->i = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    out->i = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
     if (overflow != 0) {
         PyErr_Format(PyExc_OverflowError,
                      "%s(): %s does not fit in a signed 64-bit integer",
@@ -366,17 +386,23 @@ copy_sequence(PyObject *seq, int64_t *dst)
 {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *idx;
+    char arg[40];
     int overflow;
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyLong_Check(items[i]) || PyBool_Check(items[i])) {
-            PyErr_Format(PyExc_TypeError,
-                         "process_numbers(): numbers[%zd] must be an int, "
-                         "not %.100s",
-                         i, Py_TYPE(items[i])->tp_name);
-            return -1;
+        if (PyLong_CheckExact(items[i])) { /* the common case, no call */
+            idx = Py_NewRef(items[i]);
         }
-        dst[i] = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+        else {
+            PyOS_snprintf(arg, sizeof(arg), "numbers[%zd]", i);
+            idx = as_int(items[i], "process_numbers", arg, "an int");
+            if (idx == NULL) {
+                return -1;
+            }
+        }
+        dst[i] = PyLong_AsLongLongAndOverflow(idx, &overflow);
+        Py_DECREF(idx);
         if (overflow != 0) {
             PyErr_Format(PyExc_OverflowError,
                          "process_numbers(): numbers[%zd] does not fit in a "
@@ -391,19 +417,19 @@ copy_sequence(PyObject *seq, int64_t *dst)
 static int
 parse_rounds(PyObject *obj, int64_t *rounds)
 {
+    PyObject *idx;
     int overflow;
 
     if (obj == NULL) {
         *rounds = 1000;
         return 0;
     }
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "process_numbers(): rounds must be an int, not %.100s",
-                     Py_TYPE(obj)->tp_name);
+    idx = as_int(obj, "process_numbers", "rounds", "an int");
+    if (idx == NULL) {
         return -1;
     }
-    *rounds = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    *rounds = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
     if (*rounds == -1 && PyErr_Occurred()) {
         return -1;
     }
