@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -161,6 +162,32 @@ async def test_native_double(loop, nx):
     assert await nx.double(1.25) == 2.5
     assert await nx.double(2**62 - 1) == 2**63 - 2
     assert nx.blocking.double(21) == 42
+
+
+async def test_native_double_batched_coalesces_concurrent_calls(loop, nx):
+    """Calls that wait for a worker together run as one execute_batch;
+    a lone call runs at once, alone (batch of 1)."""
+    assert await nx.double_batched(21) == (42, 1)
+    assert nx.blocking.double_batched(2.5) == (5.0, 1)
+    threads = offloop.stats()["threads"]
+    started, release = asyncio.Semaphore(0), threading.Event()
+
+    def hold():
+        loop.call_soon_threadsafe(started.release)
+        release.wait(30)
+
+    holders = [offloop.run(hold) for _ in range(threads)]
+    for _ in range(threads):
+        async with asyncio.timeout(10):
+            await started.acquire()
+    before = offloop.stats()
+    futs = [nx.double_batched(i) for i in range(10)]
+    release.set()
+    await asyncio.gather(*holders)
+    assert await asyncio.gather(*futs) == [(2 * i, 10) for i in range(10)]
+    after = offloop.stats()
+    assert (after["batches"] - before["batches"],
+            after["batched"] - before["batched"]) == (1, 10)
 
 
 async def test_native_sum_squares(loop, nx):

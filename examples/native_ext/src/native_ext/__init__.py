@@ -12,9 +12,10 @@ Example
 """
 
 from . import _native
-from ._native import double, live_contexts, process_numbers, sum_squares
+from ._native import (double, double_batched, live_contexts,
+                      process_numbers, sum_squares)
 
-__all__ = ["blocking", "double", "live_contexts", "process_numbers",
-           "sum_squares"]
+__all__ = ["blocking", "double", "double_batched", "live_contexts",
+           "process_numbers", "sum_squares"]
 
 from . import blocking  # noqa: E402

@@ -183,6 +183,83 @@ double_blocking(PyObject *module, PyObject *arg)
     return double_impl(arg, 1);
 }
 
+/* ---- double_batched(x): a batchable job ------------------------------ */
+
+/* The same work as double(x), submitted with offloop_submit_batch():
+ * calls that wait for a worker together run as one execute_batch call,
+ * which is where a real extension would pay a fixed cost once (a model's
+ * forward pass, a scan of shared data).  Each result tells the size of
+ * the batch it ran in, so the example and its test can see coalescing. */
+typedef struct {
+    double_ctx one;
+    size_t batch; /* set by execute_batch */
+} double_batched_ctx;
+
+static int
+double_batched_execute(void *const *ctxs, size_t n,
+                       const offloop_cancel_t *cancel)
+{
+    for (size_t i = 0; i < n; i++) {
+        double_batched_ctx *ctx = ctxs[i];
+        double_execute(&ctx->one, cancel);
+        ctx->batch = n;
+    }
+    return 0;
+}
+
+static PyObject *
+double_batched_complete(void *p)
+{
+    double_batched_ctx *ctx = p;
+    PyObject *value = number_to_python(&ctx->one.result);
+    PyObject *res = value ? Py_BuildValue("(Nn)", value,
+                                          (Py_ssize_t)ctx->batch)
+                          : NULL;
+
+    return res;
+}
+
+static PyObject *
+double_batched_impl(PyObject *arg, int blocking)
+{
+    double_batched_ctx *ctx;
+    number x;
+
+    if (parse_number(arg, "double_batched", "x", &x) < 0) {
+        return NULL;
+    }
+    if (!x.is_float && (x.i > INT64_MAX / 2 || x.i < INT64_MIN / 2)) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "double_batched(): 2 * x does not fit in a signed "
+                        "64-bit integer");
+        return NULL;
+    }
+    ctx = ctx_alloc(sizeof(*ctx));
+    if (ctx == NULL) {
+        return NULL;
+    }
+    ctx->one.x = x;
+    /* Key 0: every call of this function may share a run. */
+    return blocking ? offloop_submit_batch_blocking(double_batched_execute,
+                                                    0, double_batched_complete,
+                                                    ctx_free, ctx)
+                    : offloop_submit_batch(double_batched_execute, 0,
+                                           double_batched_complete, ctx_free,
+                                           ctx);
+}
+
+static PyObject *
+double_batched(PyObject *module, PyObject *arg)
+{
+    return double_batched_impl(arg, 0);
+}
+
+static PyObject *
+double_batched_blocking(PyObject *module, PyObject *arg)
+{
+    return double_batched_impl(arg, 1);
+}
+
 /* ---- sum_squares(a, b) ---------------------------------------------- */
 
 typedef struct {
@@ -575,6 +652,13 @@ static PyMethodDef native_methods[] = {
      "2 * x, computed on offloop's pool; returns an awaitable future."},
     {"double_blocking", double_blocking, METH_O,
      "double_blocking($module, x, /)\n--\n\n2 * x, waiting for the pool."},
+    {"double_batched", double_batched, METH_O,
+     "double_batched($module, x, /)\n--\n\n"
+     "(2 * x, size of the batch it ran in): calls waiting together share\n"
+     "one run (offloop_submit_batch).  Returns an awaitable future."},
+    {"double_batched_blocking", double_batched_blocking, METH_O,
+     "double_batched_blocking($module, x, /)\n--\n\n"
+     "double_batched(), waiting for the pool."},
     {"sum_squares", KW sum_squares, METH_FASTCALL,
      "sum_squares($module, a, b, /)\n--\n\n"
      "a*a + b*b on offloop's pool; returns an awaitable future."},
