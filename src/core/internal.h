@@ -1,8 +1,23 @@
-/* Private to the core: what pool.c and port.c share. */
+/* Private to the core: what pool.c, port.c and waiter.c share. */
 #ifndef OFFLOOP_CORE_INTERNAL_H
 #define OFFLOOP_CORE_INTERNAL_H
 
 #include "offloop-core.h"
+
+/* What the system offers, decided here once.  OL_PORTABLE builds take the
+ * paths macOS and the BSDs take (CMakeLists.txt, option OL_PORTABLE), and
+ * also define OL_NO_CONDATTR_SETCLOCK, macOS's lack, which Linux and the
+ * BSDs do not share.  OL_HAVE_FUTEX is in offloop-core.h (it sizes
+ * ol_waiter_t). */
+#if defined(__linux__) && !defined(OL_PORTABLE)
+#define OL_HAVE_EVENTFD 1 /* else a pipe (port.c) */
+#endif
+#if !defined(__APPLE__) && !defined(OL_NO_CONDATTR_SETCLOCK)
+#define OL_HAVE_CONDATTR_SETCLOCK 1
+#endif
+#if defined(__APPLE__)
+#define OL_HAVE_COND_TIMEDWAIT_RELATIVE_NP 1
+#endif
 
 #define container_of(ptr, type, member) \
     ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -47,10 +62,19 @@ unsigned ol__pool_idle_workers(void);
 void ol__priority_init(void);
 void ol__priority_apply(void);
 
-/* *ts = now + timeout_ms on CLOCK_MONOTONIC (the clock of every condition
- * variable the core waits on). */
+/* Timed waits (waiter.c).  Every deadline is absolute, on
+ * CLOCK_MONOTONIC: *ts = now + timeout_ms. */
 struct timespec;
 void ol__deadline_after(struct timespec *ts, long timeout_ms);
+/* Create a condition variable for ol__cond_timedwait(): on
+ * CLOCK_MONOTONIC where pthread_condattr_setclock() exists. */
+void ol__cond_init(pthread_cond_t *cond);
+/* pthread_cond_timedwait() until the monotonic `deadline`, whatever clock
+ * the system gave `cond`.  Returns 0 (woken, perhaps spuriously: re-check
+ * the predicate and call again with the same deadline) or ETIMEDOUT once
+ * the deadline has passed.  Any other error aborts. */
+int ol__cond_timedwait(pthread_cond_t *cond, pthread_mutex_t *lock,
+                       const struct timespec *deadline);
 
 /* Abort with a message: a broken invariant (a pthread call that cannot
  * fail when used correctly). */

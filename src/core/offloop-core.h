@@ -110,11 +110,21 @@ struct ol_job_s {
     ol_job_t *done_next;
 };
 
-/* A blocking caller's wake-up.  On Linux a futex on `done`: the worker
- * stores 1 and wakes the caller, holding no lock the caller then needs
- * (see port.c).  Elsewhere `done` is set under the lock, then signalled. */
+/* The futex waiter is Linux-only.  OL_PORTABLE (a CMake option) builds
+ * what macOS and the BSDs get, on Linux, so that CI runs those paths; it
+ * must be defined alike for every file that includes this header, since
+ * it changes the size of ol_waiter_t (CMake makes it a PUBLIC definition
+ * of ol_core). */
+#if defined(__linux__) && !defined(OL_PORTABLE)
+#define OL_HAVE_FUTEX 1
+#endif
+
+/* A blocking caller's wake-up.  With OL_HAVE_FUTEX a futex on `done`: the
+ * worker stores 1 and wakes the caller, holding no lock the caller then
+ * needs (see waiter.c).  Elsewhere `done` is set under the lock, then
+ * signalled. */
 struct ol_waiter_s {
-#ifdef __linux__
+#ifdef OL_HAVE_FUTEX
     atomic_uint done;
 #else
     pthread_mutex_t lock;
@@ -296,12 +306,19 @@ void ol_port_wait_space(ol_port_t *port);
 ol_job_t *ol_orphans_take(void);
 int ol_orphans_pending(void);
 
-/* ---- waiters (blocking callers) ------------------------------------ */
+/* ---- waiters (blocking callers; waiter.c) -------------------------- */
 
+/* Prepare a waiter (usually on the caller's stack) before submitting a job
+ * that names it.  Cannot fail (a broken pthread call aborts). */
 void ol_waiter_init(ol_waiter_t *w);
+/* Release it, once ol_waiter_wait() returned 1, or once the job was taken
+ * back by ol_job_cancel(): no worker touches it after either. */
 void ol_waiter_destroy(ol_waiter_t *w);
-/* Wait until delivered or `timeout_ms` passes (< 0: forever).  Returns 1
- * if delivered, 0 on timeout.  Call without the GIL. */
+/* Wait until delivered or `timeout_ms` passes (< 0: forever), measured on
+ * CLOCK_MONOTONIC on every system (a wall-clock step neither ends nor
+ * stretches the wait, except on the OL_PORTABLE realtime path, waiter.c).
+ * Returns 1 if delivered, 0 on timeout.  Only the thread that owns the
+ * waiter calls it.  Call without the GIL. */
 int ol_waiter_wait(ol_waiter_t *w, long timeout_ms);
 
 #endif /* OFFLOOP_CORE_H */

@@ -173,19 +173,6 @@ queue_pop(void)
 /* ---- start-up, fork ------------------------------------------------ */
 
 static void
-init_cond(pthread_cond_t *cond)
-{
-    pthread_condattr_t attr;
-
-    OL__CHECK(pthread_condattr_init(&attr));
-#ifdef __linux__
-    OL__CHECK(pthread_condattr_setclock(&attr, CLOCK_MONOTONIC));
-#endif
-    OL__CHECK(pthread_cond_init(cond, &attr));
-    OL__CHECK(pthread_condattr_destroy(&attr));
-}
-
-static void
 before_fork(void)
 {
     OL__CHECK(pthread_mutex_lock(&pool.lock));
@@ -216,9 +203,9 @@ after_fork_child(void)
     atomic_store(&pool.pending, 0);
     atomic_store(&pool.spinning, 0);
     atomic_fetch_add(&pool.generation, 1);
-    init_cond(&pool.work_cond);
-    init_cond(&pool.idle_cond);
-    init_cond(&pool.space_cond);
+    ol__cond_init(&pool.work_cond);
+    ol__cond_init(&pool.idle_cond);
+    ol__cond_init(&pool.space_cond);
     atomic_store(&pool.space_waiters, 0);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
 }
@@ -227,9 +214,9 @@ static void
 init(void)
 {
     ol__priority_init();
-    init_cond(&pool.work_cond);
-    init_cond(&pool.idle_cond);
-    init_cond(&pool.space_cond);
+    ol__cond_init(&pool.work_cond);
+    ol__cond_init(&pool.idle_cond);
+    ol__cond_init(&pool.space_cond);
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     if (pool.target == 0) {
         pool.target = ol_default_threads();
@@ -883,23 +870,11 @@ ol_pool_wait_space(long timeout_ms)
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     atomic_fetch_add(&pool.space_waiters, 1);
     while (rc == 0 && !pool.stopping && queue_full()) {
-        rc = pthread_cond_timedwait(&pool.space_cond, &pool.lock, &deadline);
+        rc = ol__cond_timedwait(&pool.space_cond, &pool.lock, &deadline);
     }
     atomic_fetch_sub(&pool.space_waiters, 1);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     return rc == 0 ? 0 : -ETIMEDOUT;
-}
-
-void
-ol__deadline_after(struct timespec *ts, long timeout_ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += timeout_ms / 1000;
-    ts->tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
 }
 
 int
@@ -913,7 +888,7 @@ ol_pool_wait_idle(long timeout_ms)
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     atomic_fetch_add(&pool.idle_waiters, 1);
     while (rc == 0 && (pool.queued > 0 || atomic_load(&pool.running) > 0)) {
-        rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
+        rc = ol__cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
     }
     atomic_fetch_sub(&pool.idle_waiters, 1);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
@@ -962,7 +937,7 @@ ol_pool_shutdown(long timeout_ms, size_t *dropped)
     OL__CHECK(pthread_mutex_lock(&pool.lock));
     atomic_fetch_add(&pool.idle_waiters, 1);
     while (rc == 0 && pool.alive > 0) {
-        rc = pthread_cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
+        rc = ol__cond_timedwait(&pool.idle_cond, &pool.lock, &deadline);
     }
     atomic_fetch_sub(&pool.idle_waiters, 1);
     OL__CHECK(pthread_mutex_unlock(&pool.lock));

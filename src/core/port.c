@@ -29,19 +29,20 @@
  *
  * Lock order: a port lock and the orphan lock are never held together
  * (ol__port_push releases the port lock before it touches the orphans).
+ *
+ * The blocking callers' counterpart of a port, the waiter, is in
+ * waiter.c.
  */
 #include "internal.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
-#ifdef __linux__
-#include <linux/futex.h>
+/* OL_HAVE_EVENTFD: Linux, unless OL_PORTABLE asks for the pipe that
+ * macOS and the BSDs get (internal.h). */
+#ifdef OL_HAVE_EVENTFD
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
-#define OL_HAVE_EVENTFD 1
 #endif
 
 struct ol_port_s {
@@ -410,113 +411,3 @@ ol__ports_notify_space(int all)
         ol_port_decref(port);
     } while (all);
 }
-
-/* ---- waiters ------------------------------------------------------- */
-
-#ifdef __linux__
-/* A futex, so that the worker holds no lock when the caller wakes: with a
- * mutex and condition variable the caller, of normal priority, preempted
- * the SCHED_IDLE worker inside pthread_cond_signal() and then blocked on
- * the mutex until the worker ran again (831 such waits in 5,000 blocking
- * calls).  glibc's own semaphores work this way. */
-
-static long
-futex(atomic_uint *word, int op, unsigned value, const struct timespec *ts)
-{
-    return syscall(SYS_futex, word, op, value, ts, NULL,
-                   FUTEX_BITSET_MATCH_ANY);
-}
-
-void
-ol_waiter_init(ol_waiter_t *w)
-{
-    atomic_init(&w->done, 0);
-}
-
-void
-ol_waiter_destroy(ol_waiter_t *w)
-{
-    (void)w;
-}
-
-void
-ol__waiter_wake(ol_waiter_t *w)
-{
-    atomic_store_explicit(&w->done, 1, memory_order_release);
-    /* The caller may have seen `done` and reused the memory already: the
-     * wake then names a stale address and at worst wakes some other futex
-     * waiter there early, which every futex user tolerates (it re-checks
-     * its word).  The address stays mapped while the caller's thread
-     * lives, and a wake on an unmapped one fails with EFAULT. */
-    (void)futex(&w->done, FUTEX_WAKE_BITSET | FUTEX_PRIVATE_FLAG, 1, NULL);
-}
-
-int
-ol_waiter_wait(ol_waiter_t *w, long timeout_ms)
-{
-    struct timespec deadline;
-
-    if (timeout_ms >= 0) {
-        ol__deadline_after(&deadline, timeout_ms);
-    }
-    while (!atomic_load_explicit(&w->done, memory_order_acquire)) {
-        /* An absolute CLOCK_MONOTONIC deadline, so a retry does not extend
-         * it.  EINTR, and EAGAIN (done was set meanwhile), loop back to the
-         * check. */
-        if (futex(&w->done, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, 0,
-                  timeout_ms >= 0 ? &deadline : NULL) != 0 &&
-            errno == ETIMEDOUT) {
-            break;
-        }
-    }
-    return (int)atomic_load_explicit(&w->done, memory_order_acquire);
-}
-
-#else /* the portable waiter */
-
-void
-ol_waiter_init(ol_waiter_t *w)
-{
-    OL__CHECK(pthread_mutex_init(&w->lock, NULL));
-    OL__CHECK(pthread_cond_init(&w->cond, NULL));
-    w->done = 0;
-}
-
-void
-ol_waiter_destroy(ol_waiter_t *w)
-{
-    pthread_cond_destroy(&w->cond);
-    pthread_mutex_destroy(&w->lock);
-}
-
-void
-ol__waiter_wake(ol_waiter_t *w)
-{
-    OL__CHECK(pthread_mutex_lock(&w->lock));
-    w->done = 1;
-    OL__CHECK(pthread_cond_signal(&w->cond));
-    /* The waiter may destroy w as soon as we unlock. */
-    OL__CHECK(pthread_mutex_unlock(&w->lock));
-}
-
-int
-ol_waiter_wait(ol_waiter_t *w, long timeout_ms)
-{
-    struct timespec deadline;
-    int rc = 0, done;
-
-    if (timeout_ms >= 0) {
-        ol__deadline_after(&deadline, timeout_ms);
-    }
-    OL__CHECK(pthread_mutex_lock(&w->lock));
-    while (!w->done && rc == 0) {
-        rc = timeout_ms < 0
-                 ? pthread_cond_wait(&w->cond, &w->lock)
-                 : pthread_cond_timedwait(&w->cond, &w->lock, &deadline);
-    }
-    done = w->done;
-    OL__CHECK(pthread_mutex_unlock(&w->lock));
-    return done;
-}
-
-#endif

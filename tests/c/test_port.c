@@ -10,11 +10,16 @@
  */
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "internal.h" /* ol__port_push: the workers' delivery path */
 #include "test_util.h"
+
+/* The port's fd is an eventfd on Linux and a pipe with OL_PORTABLE (as on
+ * macOS and the BSDs): internal.h says which. */
+#ifdef OL_HAVE_EVENTFD
+#include <sys/eventfd.h>
+#endif
 
 static long tmo;
 
@@ -167,15 +172,19 @@ port_coalesced_wakeup(void)
     gate_open(&g);
     sentinel(); /* all n delivered, none taken */
     ASSERT(readable(port, 0));
-#ifdef __linux__
     {
+#ifdef OL_HAVE_EVENTFD
         /* The eventfd was written once for the n deliveries. */
         uint64_t count = 0;
         ASSERT_EQ(read(ol_port_fd(port), &count, sizeof(count)),
                   sizeof(count));
         ASSERT_EQ(count, 1);
-    }
+#else
+        /* The pipe holds one byte for the n deliveries. */
+        char buf[64];
+        ASSERT_EQ(read(ol_port_fd(port), buf, sizeof(buf)), 1);
 #endif
+    }
     ASSERT_EQ(expect_list(port, ol_port_take(port), jobs, 0, n), n);
     ASSERT(!readable(port, 0)); /* until the next delivery */
     ASSERT_EQ(ol_port_take(port), NULL);
@@ -407,9 +416,9 @@ port_close_and_orphans(void)
 }
 
 /* Workers write the fd after releasing the port lock.  Close the port
- * while pushers deliver, open a new eventfd (it takes the lowest free
- * number: the old one) and check that no late delivery wrote it: close
- * must wait for the writes already under way. */
+ * while pushers deliver, open a new eventfd or pipe (it takes the lowest
+ * free numbers: the old ones) and check that no late delivery wrote it:
+ * close must wait for the writes already under way. */
 static size_t
 drop_list(ol_port_t *port, ol_job_t *list)
 {
@@ -420,6 +429,23 @@ drop_list(ol_port_t *port, ol_job_t *list)
         n++;
     }
     return n;
+}
+
+/* A fresh fd pair like the port's, on the lowest free numbers: *rfd is
+ * the end a stray write would make readable. */
+static void
+open_fresh(int *rfd, int *wfd)
+{
+#ifdef OL_HAVE_EVENTFD
+    *rfd = *wfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    ASSERT(*rfd >= 0);
+#else
+    int fds[2];
+    ASSERT_OK(pipe(fds));
+    ASSERT_NE(fcntl(fds[0], F_SETFL, O_NONBLOCK), -1);
+    *rfd = fds[0];
+    *wfd = fds[1];
+#endif
 }
 
 static void
@@ -435,7 +461,7 @@ port_close_during_delivery(void)
         ol_port_t *port;
         size_t got = 0;
         uint64_t count;
-        int fd, fresh;
+        int fd, fresh, fresh_w;
 
         ASSERT_OK(ol_port_new(&port));
         fd = ol_port_fd(port);
@@ -453,8 +479,7 @@ port_close_during_delivery(void)
         }
         got += drop_list(port, ol_port_close(port));
         ASSERT_EQ(fcntl(fd, F_GETFD), -1);
-        fresh = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        ASSERT(fresh >= 0);
+        open_fresh(&fresh, &fresh_w);
         for (size_t p = 0; p < P; p++) {
             CHECK_PT(pthread_join(u[p].tid, NULL));
         }
@@ -463,6 +488,9 @@ port_close_during_delivery(void)
         ASSERT_EQ(read(fresh, &count, sizeof(count)), -1); /* never written */
         ASSERT_EQ(errno, EAGAIN);
         close(fresh);
+        if (fresh_w != fresh) {
+            close(fresh_w);
+        }
         ol_port_decref(port); /* the owner's, the last */
     }
     free(jobs);
