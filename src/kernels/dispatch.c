@@ -1,15 +1,20 @@
-/* Picks the kernel implementation (scalar, AVX2+FMA, AVX-512F) once, at
- * the first call, and forwards the public kernel functions to it.
+/* Picks the kernel implementation (scalar, AVX2+FMA, AVX-512F on x86-64;
+ * scalar, NEON on aarch64) once, at the first call, and forwards the
+ * public kernel functions to it.
  *
- * This is the only file that decides what the CPU can run: the SIMD files
- * are compiled with their -m flags and must not be entered before
- * __builtin_cpu_supports() has said yes.  The choice is one atomic int.
+ * This is the only file that decides what the CPU can run: the x86 SIMD
+ * files are compiled with their -m flags and must not be entered before
+ * __builtin_cpu_supports() has said yes.  NEON (Advanced SIMD) is part of
+ * the aarch64 baseline, on Linux and macOS alike, so it is always
+ * supported where it is built; it is still a choice made here, so that
+ * OFFLOOP_ISA=scalar and ol_kernels_force() can select the portable C
+ * path on an aarch64 machine.  The choice is one atomic int.
  * The first callers may race to compute it; they all compute the same
  * value (it depends only on the CPU and the environment), and the
  * compare-and-swap keeps a value set by ol_kernels_force() meanwhile.  No
  * lock, and no pthread dependency, is needed for that.
  *
- * OFFLOOP_ISA=scalar|avx2|avx512 in the environment overrides the choice
+ * OFFLOOP_ISA=scalar|avx2|avx512|neon in the environment overrides the choice
  * (benchmarks, and testing the scalar path on an AVX machine); an ISA the
  * CPU cannot run, or an unknown name, falls back to the best one.
  */
@@ -39,6 +44,10 @@ table_of(ol_isa isa)
         case OL_ISA_AVX512:
             return &ol__kernels_avx512;
 #endif
+#if defined(OL_HAVE_NEON)
+        case OL_ISA_NEON:
+            return &ol__kernels_neon;
+#endif
         default:
             return &ol__kernels_scalar;
     }
@@ -62,6 +71,10 @@ supported(ol_isa isa)
                    __builtin_cpu_supports("avx2") &&
                    __builtin_cpu_supports("fma");
 #endif
+#if defined(OL_HAVE_NEON)
+        case OL_ISA_NEON:
+            return 1; /* the aarch64 baseline */
+#endif
         default:
             return 0;
     }
@@ -70,6 +83,9 @@ supported(ol_isa isa)
 ol_isa
 ol_kernels_best_isa(void)
 {
+    if (supported(OL_ISA_NEON)) {
+        return OL_ISA_NEON;
+    }
     if (supported(OL_ISA_AVX512)) {
         return OL_ISA_AVX512;
     }
@@ -96,6 +112,9 @@ choose(void)
         }
         else if (strcmp(env, "avx512") == 0) {
             want = OL_ISA_AVX512;
+        }
+        else if (strcmp(env, "neon") == 0) {
+            want = OL_ISA_NEON;
         }
         if (supported(want)) {
             isa = want;
@@ -147,6 +166,8 @@ ol_isa_name(ol_isa isa)
             return "avx2";
         case OL_ISA_AVX512:
             return "avx512";
+        case OL_ISA_NEON:
+            return "neon";
     }
     return "unknown";
 }

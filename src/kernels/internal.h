@@ -1,6 +1,7 @@
 /* Shared between the kernel files, never included outside src/kernels.
  *
- * Each ISA file (scalar.c, avx2.c, avx512.c) exports one ol__kernel_table;
+ * Each ISA file (scalar.c, avx2.c, avx512.c, neon.c) exports one
+ * ol__kernel_table;
  * only dispatch.c reads the tables.  The row-scan driver below is
  * `static inline` on purpose: every ISA file compiles its own copy with its
  * own -m flags and its own micro-kernels inlined, so the tiling and top-k
@@ -45,6 +46,9 @@ extern const ol__kernel_table ol__kernels_scalar;
 #if defined(OL_HAVE_X86_SIMD)
 extern const ol__kernel_table ol__kernels_avx2;
 extern const ol__kernel_table ol__kernels_avx512;
+#endif
+#if defined(OL_HAVE_NEON)
+extern const ol__kernel_table ol__kernels_neon;
 #endif
 
 /* topk.c: the slow path of an insertion (full comparison, heap update),

@@ -23,6 +23,7 @@ typedef enum {
     OL_ISA_SCALAR = 0,  /* portable C, always available */
     OL_ISA_AVX2 = 1,    /* AVX2 + FMA */
     OL_ISA_AVX512 = 2,  /* AVX-512F */
+    OL_ISA_NEON = 3,    /* aarch64 Advanced SIMD (baseline there) */
 } ol_isa;
 
 /* The best ISA this CPU and build support. */
@@ -33,7 +34,7 @@ ol_isa ol_kernels_isa(void);
  * cannot run it (the current choice is then unchanged).  Not meant to be
  * called while kernels run on other threads (tests and benchmarks only). */
 int ol_kernels_force(ol_isa isa);
-/* "scalar", "avx2", "avx512". */
+/* "scalar", "avx2", "avx512", "neon". */
 const char *ol_isa_name(ol_isa isa);
 
 /* Cosine similarity of two n-vectors: dot(a, b) / (|a| |b|), computed in

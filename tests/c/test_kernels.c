@@ -1,4 +1,6 @@
-/* Tests of the vector kernels (src/kernels) on every ISA this CPU runs.
+/* Tests of the vector kernels (src/kernels) on every ISA this CPU runs:
+ * the portable C path always, AVX2 and AVX-512 on x86-64, NEON on aarch64
+ * (CI runs that build under qemu-user, .ci/run).
  *
  * Each kernel is compared with a double-precision reference computed here.
  * Similarities must agree to a relative 1e-5; "relative" is taken against
@@ -476,7 +478,9 @@ test_topk_order(void)
 int
 main(void)
 {
-    static const ol_isa isas[] = {OL_ISA_SCALAR, OL_ISA_AVX2, OL_ISA_AVX512};
+    static const ol_isa isas[] = {OL_ISA_SCALAR, OL_ISA_AVX2, OL_ISA_AVX512,
+                                  OL_ISA_NEON};
+    const size_t nisas = sizeof(isas) / sizeof(isas[0]);
     const char *env = getenv("OFFLOOP_ISA");
     ol_isa first = ol_kernels_isa();
     size_t i;
@@ -486,7 +490,7 @@ main(void)
            ol_isa_name(ol_kernels_best_isa()), ol_isa_name(first));
     if (env != NULL) {
         int ok = 0;
-        for (i = 0; i < 3; i++) {
+        for (i = 0; i < nisas; i++) {
             if (strcmp(env, ol_isa_name(isas[i])) == 0) {
                 ok = 1;
                 CHECK(first == isas[i] ||
@@ -500,7 +504,14 @@ main(void)
     }
     CHECK(ol_kernels_force((ol_isa)7) == -ENOTSUP, "bogus ISA accepted");
     CHECK(ol_kernels_isa() == first, "failed force changed the ISA");
-    for (i = 0; i < 3; i++) {
+#if defined(__aarch64__)
+    /* NEON is the aarch64 baseline: a build that cannot pick it there
+     * lost neon.c (kernels.cmake). */
+    CHECK(ol_kernels_best_isa() == OL_ISA_NEON, "aarch64 without NEON");
+#else
+    CHECK(ol_kernels_force(OL_ISA_NEON) == -ENOTSUP, "NEON off aarch64");
+#endif
+    for (i = 0; i < nisas; i++) {
         if (ol_kernels_force(isas[i]) != 0) {
             printf("%s: not supported here, skipped\n",
                    ol_isa_name(isas[i]));
