@@ -18,6 +18,49 @@
  * instructions per job in a gather of no-op jobs.  So the type gets its own
  * descriptors for the methods asyncio calls per future, each a copy of the
  * base's entry: the same C function, called with the same convention.
+ * Only plain methods are copied, never a METH_METHOD one (below).
+ *
+ * DESIGN: what this file assumes of _asyncio.Future, checked against
+ * CPython 3.14's Modules/_asynciomodule.c (the 3.14 line, with
+ * fut_awaited_by, fut_is_task and the managed dict and weakref flags),
+ * its What's New and asyncio-eventloop.rst, and against the 3.11, 3.12
+ * and 3.13 interpreters CI runs:
+ *
+ * - Sizes.  3.14 adds fields to FutureObj (fut_awaited_by,
+ *   fut_awaited_by_is_set, fut_is_task, bit fields at the end) and keeps
+ *   the dict and weak references outside it (Py_TPFLAGS_MANAGED_DICT,
+ *   Py_TPFLAGS_MANAGED_WEAKREF).  Nothing here names a field or a size of
+ *   the base: our one field goes at the base's tp_basicsize read at
+ *   import, rounded up to a pointer's alignment, and tp_itemsize is
+ *   checked to be 0 (a variable-size base would put items there).
+ * - Methods.  In 3.14 every Future method runs inside a per-object
+ *   critical section that the Argument Clinic wrapper takes (a no-op with
+ *   the GIL, a lock in free-threaded builds).  We never read or write a
+ *   Future field: cancel() calls the base's cancel through the base type,
+ *   results go in through set_result()/set_exception() looked up on the
+ *   object (src/module/jobs.c), so every access takes that lock.
+ * - Defining class.  exception, set_result, set_exception,
+ *   add_done_callback, remove_done_callback, cancel and get_loop are
+ *   METH_METHOD in 3.12, 3.13 and 3.14: the descriptor passes the class it
+ *   belongs to, and the C function reads _asyncio's module state from
+ *   that class's module (get_asyncio_state_by_cls).  A copy of such an
+ *   entry in our type would hand it offloop._core's state instead: on
+ *   3.12 and 3.13, exception() on a cancelled offloop future raised
+ *   TypeError and on a pending one SystemError, and in 3.14 add_done_
+ *   callback() on a done future reads its call_soon keyword names from
+ *   that state.  Those stay inherited; only METH_NOARGS/METH_O/METH_FASTCALL
+ *   entries (done, cancelled, result: they find the state by module def,
+ *   which walks the MRO) are copied.  tests/test_future_base.py checks
+ *   every base method on our futures against a plain asyncio.Future.
+ * - Dealloc and traverse.  3.14's FutureObj_dealloc still calls the
+ *   finalizer, untracks, clears weak references, tp_free()s and drops the
+ *   type reference itself, and its traverse visits the type: the same
+ *   heap-type contract as 3.12, handled by base_is_heap_type.
+ * - The loop.  asyncio.get_event_loop() raises RuntimeError in 3.14 where
+ *   no loop is set, and Future(loop=None) asks it: ol_future_new() always
+ *   passes loop= (the loop the job was submitted from), never None.
+ * - The policy system is deprecated in 3.14 (removal planned for 3.16):
+ *   nothing in src/ calls get_event_loop_policy() or set_event_loop_policy().
  */
 #include "binding.h"
 
@@ -152,8 +195,12 @@ fill_methods(PyTypeObject *base)
         METH_FASTCALL | METH_KEYWORDS, Future_cancel_doc};
     for (size_t i = 0; i < N_HOT; i++) {
         PyObject *d = PyDict_GetItemString(base->tp_dict, hot_methods[i]);
-        /* Anything but a plain C method stays inherited as it is. */
-        if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+        /* Anything but a plain C method stays inherited as it is, and so
+         * does a METH_METHOD one: its function must be handed the base as
+         * its defining class, which only the base's descriptor does. */
+        if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type) &&
+            !(((PyMethodDescrObject *)d)->d_method->ml_flags &
+              METH_METHOD)) {
             Future_methods[n++] = *((PyMethodDescrObject *)d)->d_method;
         }
     }
@@ -188,8 +235,17 @@ ol_future_init_type(PyObject *module, ol_state *st)
     if (st->AsyncioFuture == NULL) {
         return -1;
     }
+    if (st->AsyncioFuture->tp_itemsize != 0) {
+        PyErr_SetString(PyExc_ImportError,
+                        "offloop: _asyncio.Future is a variable-size type "
+                        "in this Python; cannot subclass it");
+        return -1;
+    }
     fill_methods(st->AsyncioFuture);
+    /* Our field after the base's, aligned for a pointer. */
     job_offset = st->AsyncioFuture->tp_basicsize;
+    job_offset = (job_offset + (Py_ssize_t)_Alignof(ol_pyjob *) - 1) &
+                 ~((Py_ssize_t)_Alignof(ol_pyjob *) - 1);
     base_dealloc = st->AsyncioFuture->tp_dealloc;
     base_traverse = st->AsyncioFuture->tp_traverse;
     base_is_heap_type =
