@@ -46,11 +46,13 @@
  *   that class's module (get_asyncio_state_by_cls).  A copy of such an
  *   entry in our type would hand it offloop._core's state instead: on
  *   3.12 and 3.13, exception() on a cancelled offloop future raised
- *   TypeError and on a pending one SystemError, and in 3.14 add_done_
- *   callback() on a done future reads its call_soon keyword names from
- *   that state.  Those stay inherited; only METH_NOARGS/METH_O/METH_FASTCALL
- *   entries (done, cancelled, result: they find the state by module def,
- *   which walks the MRO) are copied.  tests/test_future_base.py checks
+ *   TypeError and on a pending one SystemError, and add_done_callback()
+ *   on a done future ran the callback outside the context it was given
+ *   (call_soon's keyword names come from that state, in 3.14 too).
+ *   Those stay inherited, which costs no specialisation: the interpreter
+ *   specialises no METH_METHOD call anyway.  Only the other C entries
+ *   (done, cancelled, result: METH_NOARGS, finding the state by module
+ *   def, which walks the MRO) are copied.  tests/test_future_base.py checks
  *   every base method on our futures against a plain asyncio.Future.
  * - Dealloc and traverse.  3.14's FutureObj_dealloc still calls the
  *   finalizer, untracks, clears weak references, tp_free()s and drops the
@@ -60,11 +62,12 @@
  *   no loop is set, and Future(loop=None) asks it: ol_future_new() always
  *   passes loop= (the loop the job was submitted from), never None.
  * - The policy system is deprecated in 3.14 (removal planned for 3.16):
- *   nothing in src/ calls get_event_loop_policy() or set_event_loop_policy().
+ *   nothing in src/ calls get_event_loop_policy() or
+ *   set_event_loop_policy().
  */
 #include "binding.h"
 
-static Py_ssize_t job_offset; /* where our field sits: the base's size */
+static Py_ssize_t job_offset; /* our field: the base's size, aligned */
 /* The base's dealloc and traverse, kept here: at interpreter exit a future
  * can outlive the module state that also holds the base type. */
 static destructor base_dealloc;
