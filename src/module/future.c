@@ -17,8 +17,9 @@
  * method every such call in gather() and Task takes the generic path, 1,400
  * instructions per job in a gather of no-op jobs.  So the type gets its own
  * descriptors for the methods asyncio calls per future, each a copy of the
- * base's entry: the same C function, called with the same convention.
- * Only plain methods are copied, never a METH_METHOD one (below).
+ * base's entry: the same C function, called with the same convention;
+ * for a METH_METHOD one, a forwarder through the base's descriptor
+ * (below).
  *
  * DESIGN: what this file assumes of _asyncio.Future, checked against
  * CPython 3.14's Modules/_asynciomodule.c (the 3.14 line, with
@@ -49,10 +50,12 @@
  *   TypeError and on a pending one SystemError, and add_done_callback()
  *   on a done future ran the callback outside the context it was given
  *   (call_soon's keyword names come from that state, in 3.14 too).
- *   Those stay inherited, which costs no specialisation: the interpreter
- *   specialises no METH_METHOD call anyway.  Only the other C entries
- *   (done, cancelled, result: METH_NOARGS, finding the state by module
- *   def, which walks the MRO) are copied.  tests/test_future_base.py checks
+ *   So those get our own METH_FASTCALL entries that call through the
+ *   base's descriptor (forward()), which passes _asyncio.Future; the
+ *   call on our type still specialises (the interpreter specialises no
+ *   METH_METHOD call at all).  Only the other C entries (done, cancelled,
+ *   result: METH_NOARGS, finding the state by module def, which walks
+ *   the MRO) are copied as they are.  tests/test_future_base.py checks
  *   every base method on our futures against a plain asyncio.Future.
  * - Dealloc and traverse.  3.14's FutureObj_dealloc still calls the
  *   finalizer, untracks, clears weak references, tp_free()s and drops the
@@ -185,7 +188,63 @@ static const char *const hot_methods[] = {
 };
 #define N_HOT (sizeof(hot_methods) / sizeof(hot_methods[0]))
 
-/* Filled by ol_future_init_type(): cancel, then the copies. */
+/* The base's descriptors of the METH_METHOD methods among them, strong
+ * references taken at import; forward() calls through them. */
+static PyObject *base_descr[N_HOT];
+
+/* Call the base's method `i` on self: the base's descriptor hands its C
+ * function _asyncio.Future as the defining class, as it must. */
+static PyObject *
+forward(size_t i, PyObject *self, PyObject *const *args, size_t nargsf,
+        PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **stack = small, *res;
+
+    if (n + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        stack = PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    stack[0] = self;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        stack[1 + k] = args[k];
+    }
+    res = PyObject_Vectorcall(base_descr[i], stack, 1 + nargs, kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return res;
+}
+
+/* One forwarder per entry of hot_methods (only the METH_METHOD ones are
+ * used). */
+#define FORWARDER(i)                                                     \
+    static PyObject *forward_##i(PyObject *self, PyObject *const *args, \
+                                 size_t nargsf, PyObject *kwnames)      \
+    {                                                                    \
+        return forward(i, self, args, nargsf, kwnames);                  \
+    }
+FORWARDER(0)
+FORWARDER(1)
+FORWARDER(2)
+FORWARDER(3)
+FORWARDER(4)
+FORWARDER(5)
+FORWARDER(6)
+#undef FORWARDER
+static PyObject *(*const forwarders[])(PyObject *, PyObject *const *,
+                                       size_t, PyObject *) = {
+    forward_0, forward_1, forward_2, forward_3,
+    forward_4, forward_5, forward_6,
+};
+_Static_assert(sizeof(forwarders) / sizeof(forwarders[0]) == N_HOT,
+               "one forwarder per hot method");
+
+/* Filled by ol_future_init_type(): cancel, then the copies and the
+ * forwarders. */
 static PyMethodDef Future_methods[1 + N_HOT + 1];
 
 static void
@@ -198,14 +257,24 @@ fill_methods(PyTypeObject *base)
         METH_FASTCALL | METH_KEYWORDS, Future_cancel_doc};
     for (size_t i = 0; i < N_HOT; i++) {
         PyObject *d = PyDict_GetItemString(base->tp_dict, hot_methods[i]);
-        /* Anything but a plain C method stays inherited as it is, and so
-         * does a METH_METHOD one: its function must be handed the base as
-         * its defining class, which only the base's descriptor does. */
-        if (d != NULL && Py_IS_TYPE(d, &PyMethodDescr_Type) &&
-            !(((PyMethodDescrObject *)d)->d_method->ml_flags &
-              METH_METHOD)) {
-            Future_methods[n++] = *((PyMethodDescrObject *)d)->d_method;
+        PyMethodDef *def;
+
+        /* Anything but a plain C method stays inherited as it is. */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+            continue;
         }
+        def = ((PyMethodDescrObject *)d)->d_method;
+        if (!(def->ml_flags & METH_METHOD)) {
+            Future_methods[n++] = *def; /* same function, same call */
+            continue;
+        }
+        /* A METH_METHOD function must be handed the base as its defining
+         * class, which only the base's descriptor does: our own entry
+         * (so that the call still specialises) calls through it. */
+        Py_XSETREF(base_descr[i], Py_NewRef(d));
+        Future_methods[n++] = (PyMethodDef){
+            def->ml_name, (PyCFunction)(void (*)(void))forwarders[i],
+            METH_FASTCALL | METH_KEYWORDS, def->ml_doc};
     }
     Future_methods[n] = (PyMethodDef){NULL, NULL, 0, NULL};
 }
