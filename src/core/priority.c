@@ -50,6 +50,11 @@
  * the default is plain nice 0 (no starvation, a longer /health tail), and
  * OFFLOOP_WORKER_PRIORITY=idle gives the other trade.
  *
+ * Off Linux (and in the OL_PORTABLE build that stands for it) workers keep
+ * the priority of the thread that started them: macOS has no per-thread
+ * nice (setpriority() is per process) and neither system has SCHED_IDLE
+ * or custom slices.
+ *
  * The setting.  OFFLOOP_WORKER_PRIORITY unset or empty: the default;
  * "idle": SCHED_IDLE; a whole number N from 0 to 19 (a leading '+'
  * allowed): the normal policy with the long slice at nice +N over the
@@ -62,7 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __linux__
+#if defined(__linux__) && !defined(OL_PORTABLE)
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -105,7 +110,7 @@ ol__priority_init(void)
     }
 }
 
-#ifdef __linux__
+#if defined(__linux__) && !defined(OL_PORTABLE)
 /* struct sched_attr of sched_setattr(2), first version (48 bytes): glibc
  * declares it only from 2.41 on. */
 struct ol_sched_attr {
@@ -123,7 +128,7 @@ struct ol_sched_attr {
 void
 ol__priority_apply(void)
 {
-#ifdef __linux__
+#if defined(__linux__) && !defined(OL_PORTABLE)
     struct ol_sched_attr attr;
     /* This thread's nice: on Linux, PRIO_PROCESS of 0 is the caller's
      * own thread, which inherited the nice of the thread that started

@@ -275,6 +275,15 @@ core_exec(PyObject *module)
     if (refuse_subinterpreters() < 0) {
         return -1;
     }
+#ifdef OL_PORTABLE
+    /* Tests: the build stands for the non-Linux paths (pipe, portable
+     * waiter, no worker priority). */
+    if (PyModule_AddIntConstant(module, "_portable", 1) < 0) {
+#else
+    if (PyModule_AddIntConstant(module, "_portable", 0) < 0) {
+#endif
+        return -1;
+    }
 
     INTERN(str_add_reader, "add_reader");
     INTERN(str_remove_reader, "remove_reader");

@@ -67,8 +67,18 @@ port_loop(OlPortObject *self) /* borrowed, or NULL if gone */
     if (self->loop_ref == NULL) {
         return NULL;
     }
+#if PY_VERSION_HEX >= 0x030D0000 /* PyWeakref_GetObject is deprecated */
+    if (PyWeakref_GetRef(self->loop_ref, &loop) <= 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    /* Borrowed, as before: whoever keeps the loop alive still does. */
+    Py_DECREF(loop);
+    return loop;
+#else
     loop = PyWeakref_GetObject(self->loop_ref);
     return loop == Py_None ? NULL : loop;
+#endif
 }
 
 static int
