@@ -256,3 +256,43 @@ def test_regr_one_exit_sequence_registers_one_atexit_callback():
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
+
+
+def test_regr_a_retiring_worker_is_counted_while_it_takes_its_state_back():
+    """A worker that leaves (configure() shrank the pool) takes its thread
+    state back to free it: shutdown's handshake must count it then, or
+    interpreter exit could stop waiting while it is about to do that."""
+    import threading
+
+    import offloop
+    from offloop import _core
+
+    def held():
+        return _core._hold_worker_exit(True)
+
+    offloop.configure(threads=2)
+    try:
+        barrier = threading.Barrier(2)
+        # Both workers run Python, so both hold a thread state.
+        callers = [threading.Thread(target=offloop.blocking.run,
+                                    args=(barrier.wait, 10))
+                   for _ in range(2)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(10)
+        held()  # arm the gate
+        offloop.configure(threads=1)  # one worker retires
+        deadline = time.monotonic() + 10
+        while held()[0] < 1:  # bounded wait for it to reach the gate
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        waiting, inside = held()
+        assert (waiting, inside) == (1, 1)
+    finally:
+        _core._hold_worker_exit(False)
+        offloop.configure()
+    deadline = time.monotonic() + 10
+    while _core._hold_worker_exit(False)[1] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)

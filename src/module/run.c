@@ -247,6 +247,28 @@ run_batched_blocking(PyObject *module, PyObject *const *args,
  * ol_run_shutdown() either waits for this or this sees `closing`.  (A
  * retiring worker runs this after it left the pool's count of live
  * workers, so the pool's own shutdown wait does not cover it.) */
+/* Tests (_hold_worker_exit): hold a retiring worker just before it takes
+ * its thread state back, so that a test can look at the handshake then. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t opened;
+    int armed;   /* (lock) */
+    int waiting; /* (lock) workers held */
+} exit_gate = {.lock = PTHREAD_MUTEX_INITIALIZER,
+               .opened = PTHREAD_COND_INITIALIZER};
+
+static void
+pass_exit_gate(void)
+{
+    pthread_mutex_lock(&exit_gate.lock);
+    exit_gate.waiting++;
+    while (exit_gate.armed) {
+        pthread_cond_wait(&exit_gate.opened, &exit_gate.lock);
+    }
+    exit_gate.waiting--;
+    pthread_mutex_unlock(&exit_gate.lock);
+}
+
 static void
 run_thread_exit(void)
 {
@@ -255,6 +277,7 @@ run_thread_exit(void)
     }
     atomic_fetch_add(&inside, 1);
     if (!atomic_load(&closing)) {
+        pass_exit_gate();
         PyEval_RestoreThread(worker_tstate);
         PyThreadState_Clear(worker_tstate);
         PyThreadState_DeleteCurrent();
@@ -403,7 +426,29 @@ ol_run_module_init(PyObject *module)
     return 0;
 }
 
+/* _hold_worker_exit(hold): arm or open the gate; returns the workers held
+ * at it and the workers counted inside the exit handshake, as a tuple. */
+static PyObject *
+hold_worker_exit(PyObject *module, PyObject *arg)
+{
+    int hold = PyObject_IsTrue(arg), waiting;
+
+    if (hold < 0) {
+        return NULL;
+    }
+    pthread_mutex_lock(&exit_gate.lock);
+    exit_gate.armed = hold;
+    waiting = exit_gate.waiting;
+    pthread_cond_broadcast(&exit_gate.opened);
+    pthread_mutex_unlock(&exit_gate.lock);
+    return Py_BuildValue("(ii)", waiting, atomic_load(&inside));
+}
+
 PyMethodDef ol_run_methods[] = {
+    {"_hold_worker_exit", hold_worker_exit, METH_O,
+     "_hold_worker_exit($module, hold, /)\n--\n\nHold retiring workers "
+     "before they take their thread state back (True) or let them go "
+     "(False); returns (workers held, workers inside).  Tests only."},
     {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL | METH_KEYWORDS,
      "run($module, fn, /, *args, **kwargs)\n--\n\n"
      "Call fn(*args, **kwargs) on the pool; return an awaitable future."},
