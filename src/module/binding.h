@@ -59,7 +59,7 @@ typedef struct {
     PyObject *str_set_exception;
     PyObject *str_cancel;
     PyObject *last_loop;          /* borrowed, compared by address only */
-    /* port_type.c's running_loop(): the thread-state entry asyncio last
+    /* loops.c's running_loop(): the thread-state entry asyncio last
      * kept the running loop in (strong), the loop it meant (borrowed: the
      * entry holds it) and the fork generation then. */
     PyObject *str_running_loop_key;
@@ -151,9 +151,6 @@ ol_job_wanted(ol_pyjob *job)
 
 /* port_type.c */
 int ol_port_init_type(PyObject *module, ol_state *st);
-/* The port of the running loop, created on first use (borrowed ref), and
- * the loop itself (borrowed, valid while the caller runs). */
-PyObject *ol_port_for_running_loop(ol_state *st, PyObject **loop_out);
 ol_port_t *ol_port_core(PyObject *port);
 /* Backpressure: with the queue at max_queue, a loop's further jobs wait
  * in its port, oldest first, and enter the pool as room frees (the core
@@ -162,6 +159,11 @@ int ol_port_holds_jobs(PyObject *port);
 void ol_port_hold(PyObject *port, ol_pyjob *job);
 /* Ask for one ol_pool_kick() at the next tick of the port's loop. */
 int ol_port_schedule_kick(ol_state *st, PyObject *port, PyObject *loop);
+
+/* loops.c: the loop-to-port registry. */
+/* The port of the running loop, created on first use (borrowed ref), and
+ * the loop itself (borrowed, valid while the caller runs). */
+PyObject *ol_port_for_running_loop(ol_state *st, PyObject **loop_out);
 /* Release ports whose loop is closed or gone; with `all`, every port. */
 void ol_ports_sweep(ol_state *st, int all);
 

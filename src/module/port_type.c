@@ -11,9 +11,9 @@
  * (Port_traverse visits those futures), so a loop dropped without
  * close() while finished jobs wait for it is collected with its Port, its
  * fd and its jobs (dropped, counted), as asyncio.to_thread's would be.
- * Nothing else holds a Port strongly: the registry st->ports maps
- * id(loop) to the Port's address (int), and a Port removes its entry when
- * it is freed; st->last_port is borrowed the same way.  A Port holds only
+ * Nothing else holds a Port strongly: the registry (loops.c) maps
+ * id(loop) to the Port's address, and a Port removes its entry when it is
+ * freed; st->last_port is borrowed the same way.  A Port holds only
  * a weak reference to its loop.  A job still queued or running holds its
  * future, so its loop lives until the job is delivered.
  *
@@ -34,24 +34,7 @@
  * epoll registration are shared with the parent, so the child only closes
  * its copy of the fd, never calls remove_reader, and makes new ports.
  */
-#include "binding.h"
-
-typedef struct {
-    PyObject_HEAD
-    ol_port_t *port;       /* NULL once released */
-    PyObject *loop_ref;    /* weakref to the loop */
-    PyObject *key;         /* id(loop), our key in st->ports */
-    PyObject *on_readable; /* bound method given to add_reader */
-    PyObject *kick;        /* bound method given to call_soon */
-    unsigned generation;   /* fork generation the port was made in */
-    int fd;
-    int kick_pending;      /* a kick is scheduled on the loop */
-    /* Jobs held back while the queue is full, oldest first, linked by
-     * core.done_next (free until the job reaches the pool). */
-    ol_pyjob *held_head, *held_tail;
-} OlPortObject;
-
-#define PORT(op) ((OlPortObject *)(op))
+#include "port_type.h"
 
 ol_port_t *
 ol_port_core(PyObject *port)
@@ -59,8 +42,8 @@ ol_port_core(PyObject *port)
     return PORT(port)->port;
 }
 
-static PyObject *
-port_loop(OlPortObject *self) /* borrowed, or NULL if gone */
+PyObject *
+ol__port_loop(OlPortObject *self) /* borrowed, or NULL if gone */
 {
     PyObject *loop;
 
@@ -81,8 +64,8 @@ port_loop(OlPortObject *self) /* borrowed, or NULL if gone */
 #endif
 }
 
-static int
-loop_is_closed(ol_state *st, PyObject *loop)
+int
+ol__loop_is_closed(ol_state *st, PyObject *loop)
 {
     PyObject *r = PyObject_CallMethodNoArgs(loop, st->str_is_closed);
     int closed;
@@ -94,47 +77,6 @@ loop_is_closed(ol_state *st, PyObject *loop)
     closed = PyObject_IsTrue(r);
     Py_DECREF(r);
     return closed != 0;
-}
-
-/* The registry: id(loop) -> the Port's address.  Borrowed entries: a Port
- * removes its own in unregister_port() before it is freed. */
-static OlPortObject *
-registry_get(ol_state *st, PyObject *key)
-{
-    PyObject *addr = PyDict_GetItemWithError(st->ports, key); /* borrowed */
-
-    return addr == NULL ? NULL : (OlPortObject *)PyLong_AsVoidPtr(addr);
-}
-
-static int
-registry_set(ol_state *st, PyObject *key, OlPortObject *port)
-{
-    PyObject *addr = PyLong_FromVoidPtr(port);
-    int rc = addr == NULL ? -1 : PyDict_SetItem(st->ports, key, addr);
-
-    Py_XDECREF(addr);
-    return rc;
-}
-
-/* Forget every borrowed pointer to this Port. */
-static void
-unregister_port(ol_state *st, OlPortObject *self)
-{
-    if (st->last_port == (PyObject *)self) {
-        st->last_loop = NULL;
-        st->last_port = NULL;
-    }
-    if (st->ports == NULL || self->key == NULL) {
-        return;
-    }
-    if (registry_get(st, self->key) == self) {
-        if (PyDict_DelItem(st->ports, self->key) < 0) {
-            PyErr_Clear();
-        }
-    }
-    else if (PyErr_Occurred()) {
-        PyErr_Clear();
-    }
 }
 
 static void
@@ -197,19 +139,19 @@ submit_held(ol_state *st, OlPortObject *self)
         self->held_tail = NULL;
     }
     if (kick) {
-        ol_kick_later(st, (PyObject *)self, port_loop(self));
+        ol_kick_later(st, (PyObject *)self, ol__port_loop(self));
     }
 }
 
 /* Remove the reader (if the loop can still be asked), close the fd, drop
  * the jobs delivered and not yet resolved. */
-static void
-port_release(ol_state *st, OlPortObject *self)
+void
+ol__port_release(ol_state *st, OlPortObject *self)
 {
     ol_port_t *port = self->port;
-    PyObject *loop = port_loop(self);
+    PyObject *loop = ol__port_loop(self);
 
-    unregister_port(st, self);
+    ol__unregister_port(st, self);
     if (port == NULL) {
         return;
     }
@@ -228,7 +170,7 @@ port_release(ol_state *st, OlPortObject *self)
         ol_port_forget(port); /* the parent's: never touch its epoll */
     }
     else {
-        if (loop != NULL && !loop_is_closed(st, loop)) {
+        if (loop != NULL && !ol__loop_is_closed(st, loop)) {
             PyObject *fd = PyLong_FromLong(self->fd);
             PyObject *r = fd ? PyObject_CallMethodOneArg(
                                    loop, st->str_remove_reader, fd)
@@ -282,7 +224,7 @@ Port_kick(PyObject *op, PyObject *unused)
 static PyObject *
 Port_loop_gone(PyObject *op, PyObject *weakref)
 {
-    port_release(ol_get_state_by_type(Py_TYPE(op)), PORT(op));
+    ol__port_release(ol_get_state_by_type(Py_TYPE(op)), PORT(op));
     Py_RETURN_NONE;
 }
 
@@ -304,40 +246,8 @@ ol_port_schedule_kick(ol_state *st, PyObject *op, PyObject *loop)
     return 0;
 }
 
-void
-ol_ports_sweep(ol_state *st, int all)
-{
-    PyObject *items;
-
-    /* Let go of the last running loop's entry, and the loop with it. */
-    st->loop_entry_loop = NULL;
-    Py_CLEAR(st->loop_entry);
-    items = PyDict_Items(st->ports);
-
-    if (items == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *pair = PyList_GET_ITEM(items, i);
-        OlPortObject *port = registry_get(st, PyTuple_GET_ITEM(pair, 0));
-        PyObject *loop;
-
-        if (port == NULL) { /* released by an earlier port's loop_gone */
-            PyErr_Clear();
-            continue;
-        }
-        loop = port_loop(port);
-        if (all || loop == NULL || port->generation != ol_fork_generation() ||
-            loop_is_closed(st, loop)) {
-            port_release(st, port); /* unregisters it */
-        }
-    }
-    Py_DECREF(items);
-}
-
-static PyObject *
-port_new(ol_state *st, PyObject *loop, PyObject *key)
+PyObject *
+ol__port_new(ol_state *st, PyObject *loop, PyObject *key)
 {
     OlPortObject *self;
     PyObject *r, *fd, *gone = NULL;
@@ -389,113 +299,8 @@ port_new(ol_state *st, PyObject *loop, PyObject *key)
 
 error:
     Py_XDECREF(gone);
-    port_release(st, self);
+    ol__port_release(st, self);
     Py_DECREF(self);
-    return NULL;
-}
-
-/* The running loop (borrowed), Py_None, or NULL with an exception set.
- *
- * asyncio._get_running_loop() makes a getpid() system call on every call
- * (CPython 3.11), 0.2 us of a 2 us job here.  asyncio keeps the running
- * loop in the thread state's dict: 3.11 as a new holder object each time
- * the running loop changes, 3.12 and 3.13 as the loop itself.  While that
- * entry is the very object seen last (held, so its address cannot be
- * reused) and no fork happened since (the pid check's purpose), the
- * running loop is the one asyncio named then.  Where there is no entry,
- * every call asks asyncio.  The cached entry may keep the last loop alive
- * until the next call that misses, or the next sweep. */
-static PyObject *
-running_loop(ol_state *st)
-{
-    PyObject *dict = PyThreadState_GetDict(); /* borrowed */
-    PyObject *entry = NULL, *loop;
-
-    if (dict != NULL) {
-        entry = PyDict_GetItemWithError(dict, st->str_running_loop_key);
-        if (entry == NULL && PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    if (entry != NULL && entry == st->loop_entry &&
-        st->loop_entry_generation == ol_fork_generation()) {
-        return st->loop_entry_loop;
-    }
-    loop = PyObject_CallNoArgs(st->get_running_loop);
-    if (loop == NULL) {
-        return NULL;
-    }
-    /* The running loop stays alive while it runs us: borrow it. */
-    Py_DECREF(loop);
-    if (entry != NULL) {
-        Py_XSETREF(st->loop_entry, Py_NewRef(entry));
-        st->loop_entry_loop = loop;
-        st->loop_entry_generation = ol_fork_generation();
-    }
-    return loop;
-}
-
-PyObject *
-ol_port_for_running_loop(ol_state *st, PyObject **loop_out)
-{
-    PyObject *loop, *key;
-    OlPortObject *port;
-
-    loop = running_loop(st);
-    if (loop == NULL) {
-        return NULL;
-    }
-    if (loop == Py_None) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "no running event loop: await this call inside a "
-                        "coroutine, or use offloop.blocking outside one");
-        return NULL;
-    }
-    *loop_out = loop;
-    if (loop == st->last_loop && port_loop(PORT(st->last_port)) == loop &&
-        PORT(st->last_port)->port != NULL) {
-        return st->last_port;
-    }
-    key = PyLong_FromVoidPtr(loop);
-    if (key == NULL) {
-        return NULL;
-    }
-    port = registry_get(st, key);
-    if (port != NULL &&
-        (port->port == NULL || port_loop(port) != loop ||
-         port->generation != ol_fork_generation())) {
-        /* A loop that died at this address, or a port from before fork. */
-        port_release(st, port);
-        port = NULL;
-    }
-    if (port == NULL) {
-        PyObject *made;
-
-        if (PyErr_Occurred()) {
-            goto error;
-        }
-        ol_drain_orphans();
-        ol_ports_sweep(st, 0);
-        made = port_new(st, loop, key);
-        if (made == NULL) {
-            goto error;
-        }
-        port = PORT(made);
-        if (registry_set(st, key, port) < 0) {
-            port_release(st, port);
-            Py_DECREF(made);
-            goto error;
-        }
-        /* The loop holds it now, through the reader callback. */
-        Py_DECREF(made);
-    }
-    Py_DECREF(key);
-    st->last_loop = loop;
-    st->last_port = (PyObject *)port; /* borrowed: see unregister_port() */
-    return (PyObject *)port;
-
-error:
-    Py_DECREF(key);
     return NULL;
 }
 
@@ -545,7 +350,7 @@ Port_clear(PyObject *op)
     OlPortObject *self = PORT(op);
 
     /* A collected cycle: drop the jobs, which lets go of their futures. */
-    port_release(ol_get_state_by_type(Py_TYPE(op)), self);
+    ol__port_release(ol_get_state_by_type(Py_TYPE(op)), self);
     Py_CLEAR(self->loop_ref);
     Py_CLEAR(self->on_readable);
     Py_CLEAR(self->kick);
