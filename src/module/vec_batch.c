@@ -44,6 +44,7 @@
 struct vec_batch_s {
     size_t nb;              /* members, leader first */
     size_t rb;              /* rows per chunk of the shared run */
+    size_t blocks;          /* its chunks: n / rb, rounded up */
     vec_payload **members;  /* their payloads */
     float *queries;         /* nb x d */
     ol_topk *lists;         /* top_k: rblocks x nb, over members' storage */
@@ -91,7 +92,8 @@ vec_batch_begin(ol_job_t *leader)
         b->rb = lp->rb;
     }
     /* The pool reads nchunks only once this returns (see batch_begin). */
-    leader->nchunks = lp->n / b->rb + (lp->n % b->rb != 0);
+    b->blocks = lp->n / b->rb + (lp->n % b->rb != 0);
+    leader->nchunks = b->blocks;
     b->members = malloc(nb * sizeof(*b->members));
     b->queries = malloc(nb * d * sizeof(float));
     if (lp->lists != NULL) { /* top_k */
@@ -169,12 +171,11 @@ int
 vec_batch_finish(vec_payload *p)
 {
     vec_batch *b = p->batch;
-    size_t blocks = p->n / b->rb + (p->n % b->rb != 0);
 
     for (size_t j = 0; j < b->nb; j++) {
         vec_payload *m = b->members[j];
         ol_topk *dst = &b->lists[j];
-        for (size_t r = 1; r < blocks; r++) {
+        for (size_t r = 1; r < b->blocks; r++) {
             ol_topk_merge(dst, &b->lists[r * b->nb + j]);
         }
         ol_topk_sort(dst);
