@@ -123,7 +123,7 @@ class QuantizedMatrix:
         return f"<QuantizedMatrix {self._dtype} {n} x {d}, {self.nbytes} bytes>"
 
 
-def _prepare(m: object, dtype: object) -> tuple[object, QuantizedMatrix]:
+def _prepare(m: object, dtype: object) -> tuple[npt.NDArray[numpy.float32], QuantizedMatrix]:
     """Check quantize()'s arguments and allocate the result's arrays."""
     import numpy
 
@@ -137,6 +137,7 @@ def _prepare(m: object, dtype: object) -> tuple[object, QuantizedMatrix]:
             not m.flags.c_contiguous:
         from ._vectors import _as_float32
         m = _as_float32(m, "quantize", "m")
+    assert isinstance(m, numpy.ndarray)
     if m.ndim != 2 or m.size == 0:
         raise ValueError("quantize(): m must be 2-D (rows x dimensions) and "
                          f"not empty, got shape {m.shape}")
@@ -145,7 +146,7 @@ def _prepare(m: object, dtype: object) -> tuple[object, QuantizedMatrix]:
     return m, QuantizedMatrix(codes, scales)
 
 
-def quantize(m: object, dtype: str) -> _core.Future[QuantizedMatrix]:
+def quantize(m: npt.ArrayLike, dtype: Literal["bfloat16", "int8"]) -> _core.Future[QuantizedMatrix]:
     """Quantize the rows of ``m`` on offloop's pool; return a future.
 
     Each row is divided by its L2 norm, then stored as bfloat16 (2 bytes a
@@ -172,7 +173,7 @@ def quantize(m: object, dtype: str) -> _core.Future[QuantizedMatrix]:
     return _core._quantize(m, qm.codes, qm.scales, qm)
 
 
-def quantize_blocking(m: object, dtype: str) -> QuantizedMatrix:
+def quantize_blocking(m: npt.ArrayLike, dtype: Literal["bfloat16", "int8"]) -> QuantizedMatrix:
     """The blocking twin of :func:`quantize` (``offloop.blocking.quantize``)."""
     m, qm = _prepare(m, dtype)
-    return _core._quantize_blocking(m, qm.codes, qm.scales, qm)  # type: ignore[no-any-return]
+    return _core._quantize_blocking(m, qm.codes, qm.scales, qm)
