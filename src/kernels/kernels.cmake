@@ -13,6 +13,7 @@ add_library(ol_kernels STATIC
   ${_ol_kernels_dir}/scalar.c
   ${_ol_kernels_dir}/topk.c
   ${_ol_kernels_dir}/quant_scalar.c
+  ${_ol_kernels_dir}/bandwidth.c
 )
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i.86)$"

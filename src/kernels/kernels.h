@@ -117,4 +117,13 @@ void ol_qscan_rows(ol_qtype t, const float *q, const float *q_inv_norm,
                    size_t d, size_t row_begin, size_t row_end, float *out,
                    size_t out_stride, ol_topk *lists);
 
+/* bandwidth.c: read nbytes at p (8-byte multiple) with variant `variant`
+ * (0: portable C, 1: AVX2, 2: AVX2 + prefetch, 3: AVX2 non-temporal,
+ * 4: AVX-512F, 5: AVX-512F non-temporal), OR of every word in *sink.
+ * Returns 0, or -ENOTSUP if the CPU, build or p's alignment does not
+ * allow the variant.  For the benchmarks' bandwidth reference. */
+int ol_stream_read(const void *p, size_t nbytes, int variant, uint64_t *sink);
+/* The variant's name, or NULL past the last one. */
+const char *ol_stream_read_name(int variant);
+
 #endif /* OFFLOOP_KERNELS_H */

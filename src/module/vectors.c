@@ -625,6 +625,52 @@ top_k_blocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return topk_impl(module, args, nargs, kwnames, 1);
 }
 
+/* ---- benchmark hook ------------------------------------------------ */
+
+/* _stream_read(buffer, variant): read the buffer with bandwidth.c's
+ * variant, GIL released, so that benchmark threads stream in parallel.
+ * Returns the OR of its words; ValueError if the variant cannot run. */
+static PyObject *
+stream_read(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    int variant, rc;
+    uint64_t sink = 0;
+
+    if (!PyArg_ParseTuple(args, "y*i:_stream_read", &view, &variant)) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = ol_stream_read(view.buf, (size_t)view.len & ~(size_t)7, variant,
+                        &sink);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "_stream_read(): variant %d cannot run here", variant);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(sink);
+}
+
+static PyObject *
+stream_read_names(PyObject *module, PyObject *unused)
+{
+    PyObject *list = PyList_New(0);
+    const char *name;
+
+    for (int i = 0; list != NULL && (name = ol_stream_read_name(i)); i++) {
+        PyObject *s = PyUnicode_FromString(name);
+        if (s == NULL || PyList_Append(list, s) < 0) {
+            Py_XDECREF(s);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(s);
+    }
+    return list;
+}
+
 #include "vectors_doc.h"
 
 #define FASTCALL(fn) ((PyCFunction)(void (*)(void))(fn))
@@ -646,6 +692,12 @@ PyMethodDef ol_vector_methods[] = {
     {"top_k", FASTCALL(top_k), FASTKW, top_k_doc},
     {"top_k_blocking", FASTCALL(top_k_blocking), FASTKW,
      top_k_blocking_doc},
+    {"_stream_read", stream_read, METH_VARARGS,
+     "_stream_read($module, buffer, variant, /)\n--\n\n"
+     "Benchmark hook: read buffer with a bandwidth.c variant."},
+    {"_stream_read_names", stream_read_names, METH_NOARGS,
+     "_stream_read_names($module, /)\n--\n\n"
+     "Benchmark hook: the _stream_read variants by number."},
     {"_quantize", FASTCALL(vec_quantize), FASTKW,
      "_quantize(m, codes, scales, result)\n--\n\n"
      "Fill a QuantizedMatrix's arrays from m on the pool (use "
