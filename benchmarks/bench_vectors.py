@@ -859,9 +859,12 @@ async def case_quant(ctx):
             (f"quant {nq}q re-ranked recall",
              min(rec_["bfloat16_rerank"], rec_["int8_rerank"])
              >= GOAL_RECALL_RERANK)]
-        ctx["goals"] += goals
+        # Recall over one query moves in steps of 1/K: the recall goals
+        # are judged on the many-query run (the same rows).
+        ctx["goals"] += goals if nq > 1 else goals[:2]
         print(f"top_k k={K}, {nq} quer{'y' if nq == 1 else 'ies'} x {n:,} x"
-              f" {D} (time, vs offloop float32, recall@{K}):", flush=True)
+              f" {D} (time, vs offloop float32, recall@{K}"
+              f"{' of this one query' if nq == 1 else ''}):", flush=True)
         for name, _ in impls:
             print(f"  {name:16s} {ms(best[name]):>9s}"
                   f"  {f32 / best[name]:5.2f}x  recall {rec_[name]:.3f}",

@@ -50,11 +50,23 @@ elem_int8(const void *m, size_t j)
     return (float)((const int8_t *)m)[j];
 }
 
+static inline __m256
+load8_f32(const void *m, size_t j)
+{
+    return _mm256_loadu_ps((const float *)m + j);
+}
+
+static inline float
+elem_f32(const void *m, size_t j)
+{
+    return ((const float *)m)[j];
+}
+
 #define RB 2
 #define QB 6
 
 #define QUANT_AVX2_FUNCS(T)                                                 \
-    static float dot_##T(const float *q, const void *m, size_t d)          \
+    static inline float dot_##T(const float *q, const void *m, size_t d)   \
     {                                                                      \
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;        \
         size_t j = 0;                                                      \
@@ -115,9 +127,39 @@ elem_int8(const void *m, size_t j)
 
 QUANT_AVX2_FUNCS(bf16)
 QUANT_AVX2_FUNCS(int8)
+QUANT_AVX2_FUNCS(f32)
 
-static const ol__qscan_ops bf16_ops = {dot_bf16, block_bf16, RB, QB, 2};
-static const ol__qscan_ops int8_ops = {dot_int8, block_int8, RB, QB, 1};
+/* Widen a row's codes to float32 (the scan's decoded tile). */
+static void
+decode_bf16(const void *m, size_t d, float *out)
+{
+    size_t j = 0;
+
+    for (; j + 8 <= d; j += 8) {
+        _mm256_storeu_ps(out + j, load8_bf16(m, j));
+    }
+    for (; j < d; j++) {
+        out[j] = elem_bf16(m, j);
+    }
+}
+
+static void
+decode_int8(const void *m, size_t d, float *out)
+{
+    size_t j = 0;
+
+    for (; j + 8 <= d; j += 8) {
+        _mm256_storeu_ps(out + j, load8_int8(m, j));
+    }
+    for (; j < d; j++) {
+        out[j] = elem_int8(m, j);
+    }
+}
+
+static const ol__qscan_ops bf16_ops = {dot_bf16,    block_bf16, RB, QB, 2,
+                                       decode_bf16, block_f32};
+static const ol__qscan_ops int8_ops = {dot_int8,    block_int8, RB, QB, 1,
+                                       decode_int8, block_f32};
 
 OL__QSCAN_FUNCS(bf16_ops, int8_ops)
 

@@ -12,17 +12,14 @@
 
 #define NACC 8
 
-/* Round-to-nearest-even float32 -> bfloat16; a NaN stays a quiet NaN
- * (the plain rounding could carry a NaN's payload into infinity). */
-static uint16_t
+/* Round-to-nearest-even float32 -> bfloat16, for finite f (rows with a
+ * NaN or an infinity never get here): branch-free, so it vectorizes. */
+static inline uint16_t
 f32_to_bf16(float f)
 {
     uint32_t u;
 
     memcpy(&u, &f, sizeof(u));
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((u >> 16) | 0x0040u);
-    }
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
@@ -48,31 +45,54 @@ ol_quantize_rows(ol_qtype t, const float *x, void *codes, float *scales,
 
     for (r = row_begin; r < row_end; r++) {
         const float *xr = x + r * d;
-        double ss = 0.0, amax = 0.0, inv;
-        int finite = 1;
+        double ss[4] = {0.0, 0.0, 0.0, 0.0}, inv, sum;
+        float amax = 0.0f, bad = 0.0f;
+        /* Branch-free passes the compiler vectorizes: bad stays 0 only
+         * if every x - x is 0 (false for NaN and +-inf). */
         for (j = 0; j < d; j++) {
-            double v = xr[j];
-            finite &= v - v == 0.0; /* false for NaN and +-inf */
-            ss += v * v;
-            amax = v > amax ? v : -v > amax ? -v : amax;
+            float v = xr[j], a = v < 0.0f ? -v : v;
+            bad += v - v;
+            amax = a > amax ? a : amax;
         }
-        inv = ss > 0.0 ? 1.0 / sqrt(ss) : 0.0;
+        for (j = 0; j + 4 <= d; j += 4) {
+            for (int u = 0; u < 4; u++) {
+                ss[u] += (double)xr[j + u] * xr[j + u];
+            }
+        }
+        for (; j < d; j++) {
+            ss[0] += (double)xr[j] * xr[j];
+        }
+        sum = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+        inv = sum > 0.0 ? 1.0 / sqrt(sum) : 0.0;
+        if (bad != 0.0f || bad != bad) {
+            if (t == OL_Q_BF16) {
+                uint16_t *c = (uint16_t *)codes + r * d;
+                for (j = 0; j < d; j++) {
+                    c[j] = 0x7fc0u;
+                }
+            }
+            else {
+                memset((int8_t *)codes + r * d, 0, d);
+                scales[r] = NAN;
+            }
+            continue;
+        }
         if (t == OL_Q_BF16) {
             uint16_t *c = (uint16_t *)codes + r * d;
+            float fi = (float)inv;
             for (j = 0; j < d; j++) {
-                c[j] = finite ? f32_to_bf16((float)(xr[j] * inv)) : 0x7fc0u;
+                c[j] = f32_to_bf16(xr[j] * fi);
             }
         }
         else {
             int8_t *c = (int8_t *)codes + r * d;
-            double k = amax > 0.0 ? 127.0 / amax : 0.0;
-            for (j = 0; j < d && finite; j++) {
-                c[j] = (int8_t)lrint(xr[j] * k); /* |x * k| <= 127 */
+            float k = amax > 0.0f ? 127.0f / amax : 0.0f;
+            for (j = 0; j < d; j++) {
+                float v = xr[j] * k; /* |v| <= 127 (rounding: 127.00002) */
+                int iv = (int)(v + (v < 0.0f ? -0.5f : 0.5f));
+                c[j] = (int8_t)(iv > 127 ? 127 : iv < -127 ? -127 : iv);
             }
-            if (!finite) {
-                memset(c, 0, d);
-            }
-            scales[r] = !finite ? NAN : (float)(amax * inv / 127.0);
+            scales[r] = (float)((double)amax * inv / 127.0);
         }
     }
 }
@@ -169,8 +189,51 @@ block_int8(const void *const *mr, const float *const *qi, size_t d,
     }
 }
 
-static const ol__qscan_ops bf16_ops = {dot_bf16, block_bf16, RB, QB, 2};
-static const ol__qscan_ops int8_ops = {dot_int8, block_int8, RB, QB, 1};
+static void
+decode_bf16(const void *m, size_t d, float *out)
+{
+    for (size_t j = 0; j < d; j++) {
+        out[j] = ol__bf16_to_f32(((const uint16_t *)m)[j]);
+    }
+}
+
+static void
+decode_int8(const void *m, size_t d, float *out)
+{
+    for (size_t j = 0; j < d; j++) {
+        out[j] = (float)((const int8_t *)m)[j];
+    }
+}
+
+static void
+block_f32(const void *const *mr, const float *const *qi, size_t d,
+          float *dots)
+{
+    float acc[QB][RB] = {{0}};
+    size_t j, i, r;
+
+    for (j = 0; j < d; j++) {
+        float mv[RB];
+        for (r = 0; r < RB; r++) {
+            mv[r] = ((const float *)mr[r])[j];
+        }
+        for (i = 0; i < QB; i++) {
+            for (r = 0; r < RB; r++) {
+                acc[i][r] += qi[i][j] * mv[r];
+            }
+        }
+    }
+    for (i = 0; i < QB; i++) {
+        for (r = 0; r < RB; r++) {
+            dots[i * OL__RB_MAX + r] = acc[i][r];
+        }
+    }
+}
+
+static const ol__qscan_ops bf16_ops = {dot_bf16,    block_bf16, RB, QB, 2,
+                                       decode_bf16, block_f32};
+static const ol__qscan_ops int8_ops = {dot_int8,    block_int8, RB, QB, 1,
+                                       decode_int8, block_f32};
 
 OL__QSCAN_FUNCS(bf16_ops, int8_ops)
 
