@@ -5,7 +5,9 @@
  * convert; bfloat16: zero-extend and shift into the top half) and
  * multiplied with the float32 query by FMA.  A row's codes are widened
  * once per block of queries, which is what makes the multi-query block
- * pay: 2 rows x 6 queries use 12 accumulators of the 16 registers.  The
+ * pay: 2 rows x 6 queries use 12 accumulators of the 16 registers (every
+ * loop over them fully unrolled: a rolled one indexes acc[][] at run time
+ * and pins it to the stack, as avx2.c says).  The
  * last d % 8 elements take a scalar tail: a masked byte load does not
  * exist in AVX2.
  */
@@ -99,6 +101,7 @@ elem_f32(const void *m, size_t j)
         float tail[QB][RB] = {{0}};                                        \
         size_t j = 0;                                                      \
         int i, r;                                                          \
+        _Pragma("GCC unroll 8")                                            \
         for (i = 0; i < QB; i++) {                                         \
             acc[i][0] = acc[i][1] = _mm256_setzero_ps();                   \
         }                                                                  \
@@ -112,13 +115,17 @@ elem_f32(const void *m, size_t j)
             }                                                              \
         }                                                                  \
         for (; j < d; j++) {                                               \
+            _Pragma("GCC unroll 8")                                        \
             for (i = 0; i < QB; i++) {                                     \
+                _Pragma("GCC unroll 8")                                    \
                 for (r = 0; r < RB; r++) {                                 \
                     tail[i][r] += qi[i][j] * elem_##T(mr[r], j);           \
                 }                                                          \
             }                                                              \
         }                                                                  \
+        _Pragma("GCC unroll 8")                                            \
         for (i = 0; i < QB; i++) {                                         \
+            _Pragma("GCC unroll 8")                                        \
             for (r = 0; r < RB; r++) {                                     \
                 dots[i * OL__RB_MAX + r] = hsum(acc[i][r]) + tail[i][r];   \
             }                                                              \

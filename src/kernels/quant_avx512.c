@@ -88,7 +88,9 @@ elem_f32(const void *m, size_t j)
         float tail[QB][RB] = {{0}};                                        \
         size_t j = 0;                                                      \
         int i, r;                                                          \
+        _Pragma("GCC unroll 8")                                            \
         for (i = 0; i < QB; i++) {                                         \
+            _Pragma("GCC unroll 8")                                        \
             for (r = 0; r < RB; r++) {                                     \
                 acc[i][r] = _mm512_setzero_ps();                           \
             }                                                              \
@@ -106,13 +108,17 @@ elem_f32(const void *m, size_t j)
             }                                                              \
         }                                                                  \
         for (; j < d; j++) {                                               \
+            _Pragma("GCC unroll 8")                                        \
             for (i = 0; i < QB; i++) {                                     \
+                _Pragma("GCC unroll 8")                                    \
                 for (r = 0; r < RB; r++) {                                 \
                     tail[i][r] += qi[i][j] * elem_##T(mr[r], j);           \
                 }                                                          \
             }                                                              \
         }                                                                  \
+        _Pragma("GCC unroll 8")                                            \
         for (i = 0; i < QB; i++) {                                         \
+            _Pragma("GCC unroll 8")                                        \
             for (r = 0; r < RB; r++) {                                     \
                 dots[i * OL__RB_MAX + r] =                                 \
                     _mm512_reduce_add_ps(acc[i][r]) + tail[i][r];          \
