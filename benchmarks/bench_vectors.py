@@ -1,10 +1,15 @@
 #!/usr/bin/env python
-"""Benchmark offloop's vector kernels against numpy and memory bandwidth.
+"""Benchmark offloop's vector kernels against numpy, the peer libraries
+and memory bandwidth.
 
 Prints, measured side by side in one run, for each case the time of
-offloop (awaited on an event loop) and of numpy (called synchronously, as
-an endpoint would), their ratio, and for the memory-bound cases the share
-of the machine's memory bandwidth, measured in the same run:
+offloop (awaited on an event loop), of numpy and of the peers that users
+pick for this work -- faiss-cpu, SimSIMD, NumKong, usearch (called
+synchronously, as an endpoint would; a peer that is not installed prints
+"absent": ``pip install -e ".[bench]"`` installs them) -- offloop's ratio
+against the best peer, and for the memory-bound cases the share of the
+machine's memory bandwidth, measured in the same rounds (the fastest of
+several multi-threaded streaming reads, benchmarks/README.md):
 
 1. ``cosine_similarity`` of a 768-d pair, awaited (asyncio and uvloop),
    against ``a @ b / (norm(a) * norm(b))``;
@@ -15,6 +20,12 @@ of the machine's memory bandwidth, measured in the same run:
    (against matmul + argpartition) and raw rows (against norms + matmul +
    argpartition);
 4. ``top_k``, k=10, 64 queries against 200,000 x 768 (pre-normalized);
+4b. ``cosine_similarities``, 1 query x 200,000 x 768 (all the scores);
+4c. quantized storage: ``top_k`` over the same rows quantized to bfloat16
+   and int8 (one query and 64), with and without ``rerank=``, against
+   float32, faiss ``IndexScalarQuantizer`` (8-bit) and usearch's exact
+   ``i8``/``bf16`` search: time, ratio and recall@10 against exact
+   float32, and memory per million vectors;
 5. loop lag: the overshoot of ``asyncio.sleep(0.001)`` on an idle loop and
    while back-to-back 100,000 x 768 ``batch_normalize`` jobs keep every
    worker busy (bench_bridge.py's probe, from _common.py), and beside them
@@ -118,8 +129,58 @@ async def best_of(impls, rounds, warmup, on_round):
     return {name: min(values) for name, values in res.items()}
 
 
+def first_loop(ctx):
+    """Loop-independent impls (synchronous peers) run on the first loop
+    only."""
+    return ctx["first"]
+
+
 def ms(s):
     return f"{s * 1e3:.1f} ms" if s >= 0.0095 else f"{s * 1e3:.2f} ms"
+
+
+# ------------------------------------------------------------------ peers
+
+
+class Peers:
+    """The peer libraries that import here; absent ones print "absent"."""
+
+    def __init__(self):
+        self.mods = {}
+        for name in ("faiss", "simsimd", "numkong", "usearch"):
+            try:
+                if name == "usearch":
+                    import usearch.index as mod
+                else:
+                    mod = __import__(name)
+            except ImportError:
+                continue
+            self.mods[name] = mod
+
+    def has(self, name):
+        return name in self.mods
+
+    def __getitem__(self, name):
+        return self.mods[name]
+
+    def line(self):
+        names = ("faiss", "simsimd", "numkong", "usearch")
+        return " | ".join(
+            f"{n} {getattr(self.mods[n], '__version__', '?')}"
+            if n in self.mods else f"{n} absent" for n in names)
+
+
+def versus_peers(best, ours, peers, absent=()):
+    """'peer t (r x)' for each peer impl, and the ratio to the best peer
+    (peer time / offloop time, > 1: offloop is faster)."""
+    parts = [f"{name} {ms(best[name])} ({best[name] / best[ours]:.2f}x)"
+             for name in peers if name in best]
+    parts += [f"{name} absent" for name in absent]
+    present = [best[name] for name in peers if name in best]
+    if not present:
+        return None, " | ".join(parts) or "no peer installed"
+    r = min(present) / best[ours]
+    return r, " | ".join(parts) + f" | vs best peer {r:.2f}x"
 
 
 # ------------------------------------------------------- memory bandwidth
@@ -145,13 +206,46 @@ def read_add(h):
     np.add.reduce(h.reshape(-1).view(np.int64))
 
 
+def stream_reads():
+    """The C streaming reads (src/kernels/bandwidth.c) this CPU runs, as
+    functions of an array: plain, prefetching and non-temporal loads, AVX2
+    and AVX-512.  Each part of an array is cut at 4 KiB boundaries by
+    Bandwidth.runs, so the non-temporal loads get their alignment."""
+    import numpy as np
+
+    from offloop import _core
+
+    probe_buf = np.zeros(1024, np.uint64)
+    out = []
+    for v, name in enumerate(_core._stream_read_names()):
+        try:
+            _core._stream_read(probe_buf, v)
+        except ValueError:
+            continue
+
+        def fn(h, v=v):
+            _core._stream_read(h.reshape(-1).view(np.uint8), v)
+
+        fn.__name__ = f"read_{name}"
+        out.append(fn)
+    return out
+
+
 class Bandwidth:
-    """numpy streaming over an array with 1 and `threads` Python threads
-    (numpy releases the GIL): the memory bandwidth reference."""
+    """Streaming over an array with 1 and `threads` Python threads (numpy
+    and the C reads release the GIL): the memory bandwidth reference."""
 
     def __init__(self, threads):
         self.pools = {n: concurrent.futures.ThreadPoolExecutor(n)
                       for n in sorted({1, threads})}
+        self.reads = stream_reads()
+
+    def read_impls(self, x):
+        """impls of every read variant over x: numpy's and the C ones."""
+        out = []
+        for fn in [read_or] + self.reads:
+            out += self.impls(x, fn)
+        return out
 
     def close(self):
         for ex in self.pools.values():
@@ -161,8 +255,14 @@ class Bandwidth:
         """(pool size, callable) pairs that stream x with fn."""
         import numpy as np
 
+        flat = x.reshape(-1).view(np.uint8)
         for n, ex in self.pools.items():
-            parts = np.array_split(x, n)
+            step = -(-flat.size // n + 4095) // 4096 * 4096
+            base = (-flat.ctypes.data) % 64  # first 64-byte boundary
+            parts = [flat[:base]] if base else []
+            parts += [flat[i:i + step] for i in range(base, flat.size, step)]
+            # Back to x's dtype: every cut is a multiple of 8 bytes.
+            parts = [p.view(x.dtype) for p in parts if p.size >= 8]
             yield n, lambda ex=ex, parts=parts: list(ex.map(fn, parts))
 
     def impls(self, x, fn):
@@ -180,14 +280,17 @@ class Bandwidth:
         """Best in-place read+write and read bandwidth (bytes/s) over x,
         for the header."""
         best_rw = best_r = 0.0
-        for (n, scale), (_, r_or), (_, r_add) in zip(
+        for (n, scale), (_, r_or), (_, r_add), *c_reads in zip(
                 self.runs(x, scale_in_place), self.runs(x, read_or),
-                self.runs(x, read_add)):
+                self.runs(x, read_add), *[self.runs(x, f) for f in self.reads]):
             scale()  # warm-up: pages, threads
             for rnd in range(rounds):
-                for name, go, nbytes in (("scale", scale, 2 * x.nbytes),
-                                         ("read_or", r_or, x.nbytes),
-                                         ("read_add", r_add, x.nbytes)):
+                for name, go, nbytes in (
+                        [("scale", scale, 2 * x.nbytes),
+                         ("read_or", r_or, x.nbytes),
+                         ("read_add", r_add, x.nbytes)]
+                        + [(f.__name__, go, x.nbytes) for f, (_, go)
+                           in zip(self.reads, c_reads)]):
                     t0 = time.perf_counter()
                     go()
                     dt = time.perf_counter() - t0
@@ -231,12 +334,50 @@ async def case_cosine(ctx):
         for _ in range(nn):
             a @ b / (norm(a) * norm(b))
 
+    peers = ctx["peers"]
+    impls = [("offloop", ours), ("numpy", numpy_sync)]
     per = {"offloop": n, "numpy": nn}
+    ours_sync = offloop.blocking.cosine_similarity
+    if first_loop(ctx):  # sync calls do not depend on the loop
+        async def offloop_sync():
+            for _ in range(n):
+                ours_sync(a, b)
+        impls.append(("offloop_sync", offloop_sync))
+        per["offloop_sync"] = n
+        if peers.has("simsimd"):
+            sim = peers["simsimd"].cosine
+
+            async def simsimd_sync():
+                for _ in range(n):
+                    sim(a, b)
+            impls.append(("simsimd", simsimd_sync))
+            per["simsimd"] = n
+        if peers.has("numkong"):
+            ang = peers["numkong"].angular
+
+            async def numkong_sync():
+                for _ in range(n):
+                    ang(a, b)
+            impls.append(("numkong", numkong_sync))
+            per["numkong"] = n
     best = await best_of(
-        [("offloop", ours), ("numpy", numpy_sync)], ctx["rounds"],
+        impls, ctx["rounds"],
         ctx["warmup"],
         lambda name, rnd, dt: record(rec, loopname, "cosine_768", name,
                                      rnd, dt / per[name]))
+    best = {k: v / per[k] for k, v in best.items()}
+    if "offloop_sync" in best:
+        pair = ("simsimd", "numkong")
+        present = [best[p] for p in pair if p in best]
+        r = min(present) / best["offloop_sync"] if present else None
+        print(f"cosine_similarity 768-d, sync (blocking twin):"
+              f" {best['offloop_sync'] * 1e6:.3f} us | "
+              + " | ".join(f"{p} {best[p] * 1e6:.3f} us"
+                           f" ({best[p] / best['offloop_sync']:.2f}x)"
+                           if p in best else f"{p} absent" for p in pair)
+              + (f" | vs best peer {r:.2f}x" if r is not None else ""),
+              flush=True)
+    best = {k: v * per[k] for k, v in best.items()}
     us = best["offloop"] / n * 1e6
     np_us = best["numpy"] / nn * 1e6
     ratio = np_us / us
@@ -282,9 +423,16 @@ async def case_normalize(ctx):
     async def np_einsum():
         numpy_normalize_einsum(x, tmp)
 
+    peer_impls = []
+    if ctx["peers"].has("faiss"):
+        faiss = ctx["peers"]["faiss"]
+
+        async def faiss_norm():
+            faiss.normalize_L2(x)
+        peer_impls.append(("faiss", faiss_norm))
     best = await best_of(
         [("offloop", ours), ("numpy_norm", np_norm),
-         ("numpy_einsum", np_einsum)]
+         ("numpy_einsum", np_einsum)] + peer_impls
         + ctx["bandwidth"].impls(x, scale_in_place),
         ctx["rounds"], ctx["warmup"],
         lambda name, rnd, dt: record(rec, ctx["loop"], f"normalize_{n}",
@@ -308,6 +456,9 @@ async def case_normalize(ctx):
           f" ({bw_rw / 1e9:.1f} GB/s in the same rounds)"
           f" (goal >={GOAL_NORMALIZE_BW:.0%} {verdict(ok_bw)})",
           flush=True)
+    _, line = versus_peers(best, "offloop", ("faiss",),
+                           () if ctx["peers"].has("faiss") else ("faiss",))
+    print(f"  peers: faiss normalize_L2 | {line}", flush=True)
 
 
 async def case_normalize_small(ctx):
@@ -400,11 +551,12 @@ async def case_topk_one(ctx):
         res["np_raw"] = numpy_topk(s, K)
 
     nbytes = m_unit.nbytes
+    peer_impls = topk_peer_impls(ctx["peers"], m_unit, qn, res)
     best = await best_of(
         [("offloop_unit", ours_unit), ("numpy_unit", np_unit),
          ("offloop_raw", ours_raw), ("numpy_raw_norm", np_raw_norm),
-         ("numpy_raw_einsum", np_raw_einsum)]
-        + ctx["bandwidth"].impls(m_unit, read_or),
+         ("numpy_raw_einsum", np_raw_einsum)] + peer_impls
+        + ctx["bandwidth"].read_impls(m_unit),
         ctx["rounds"], ctx["warmup"],
         lambda name, rnd, dt: record(rec, ctx["loop"], "topk_1q", name, rnd,
                                      dt, nbytes))
@@ -441,6 +593,95 @@ async def case_topk_one(ctx):
           f" {verdict(ok_raw)}) | with einsum norms (numpy's fastest)"
           f" {ms(best['numpy_raw_einsum'])} ({r_raw_einsum:.1f}x)",
           flush=True)
+    _, line = versus_peers(best, "offloop_unit", ("faiss", "usearch"),
+                           [p for p in ("faiss", "usearch")
+                            if not ctx["peers"].has(p)])
+    print(f"  peers, unit rows: faiss knn (IP), usearch exact (IP) | {line}",
+          flush=True)
+    for p in ("faiss", "usearch"):
+        if p in res:
+            check_agree(res["ours_unit"], res[p], f"top_k vs {p}")
+
+
+def topk_peer_impls(peers, m_unit, qn, res):
+    """faiss knn and usearch exact search over unit rows (inner product =
+    cosine), the queries pre-normalized."""
+    import numpy as np
+
+    out = []
+    q2 = np.ascontiguousarray(np.atleast_2d(qn), dtype=np.float32)
+    if peers.has("faiss"):
+        faiss = peers["faiss"]
+
+        async def faiss_knn():
+            res["faiss"] = faiss.knn(q2, m_unit, K,
+                                     metric=faiss.METRIC_INNER_PRODUCT)[1]
+        out.append(("faiss", faiss_knn))
+    if peers.has("usearch"):
+        us = peers["usearch"]
+
+        async def usearch_exact():
+            r = us.search(m_unit, q2 if len(q2) > 1 else q2[0], K,
+                          us.MetricKind.IP, exact=True, threads=0)
+            res["usearch"] = r.keys
+        out.append(("usearch", usearch_exact))
+    return out
+
+
+async def case_scores(ctx):
+    """cosine_similarities: one query against every row, all the scores."""
+    import numpy as np
+
+    import offloop
+
+    m_raw = ctx["data"]["m_raw"]
+    q = ctx["data"]["q"][0]
+    peers = ctx["peers"]
+    res = {}
+
+    async def ours():
+        res["ours"] = await offloop.cosine_similarities(q, m_raw)
+
+    async def numpy_raw():
+        res["np"] = (m_raw @ q) / (np.sqrt(np.einsum("ij,ij->i", m_raw, m_raw))
+                                   * np.linalg.norm(q))
+
+    impls = [("offloop", ours), ("numpy", numpy_raw)]
+    if peers.has("simsimd"):
+        sim = peers["simsimd"]
+
+        async def simsimd_cdist():
+            sim.cdist(q[None], m_raw, metric="cosine", threads=0)
+        impls.append(("simsimd", simsimd_cdist))
+    if peers.has("numkong"):
+        nk = peers["numkong"]
+
+        async def numkong_cdist():
+            nk.cdist(q[None], m_raw, metric="angular", threads=0)
+        impls.append(("numkong", numkong_cdist))
+    nbytes = m_raw.nbytes
+    try:
+        best = await best_of(
+            impls + ctx["bandwidth"].read_impls(m_raw), ctx["rounds"],
+            ctx["warmup"],
+            lambda name, rnd, dt: record(ctx["rec"], ctx["loop"],
+                                         "scores_1q", name, rnd, dt, nbytes))
+    except TypeError:  # a peer's cdist signature differs: without peers
+        best = await best_of(
+            impls[:2] + ctx["bandwidth"].read_impls(m_raw), ctx["rounds"],
+            ctx["warmup"],
+            lambda name, rnd, dt: record(ctx["rec"], ctx["loop"],
+                                         "scores_1q", name, rnd, dt, nbytes))
+    bw_r = side_by_side(best, "bw_", nbytes)
+    _, line = versus_peers(best, "offloop", ("simsimd", "numkong"),
+                           [p for p in ("simsimd", "numkong")
+                            if not peers.has(p)])
+    print(f"cosine_similarities 1 query x {m_raw.shape[0]:,} x {D}, raw"
+          f" rows: {ms(best['offloop'])}"
+          f" ({nbytes / best['offloop'] / 1e9:.1f} GB/s,"
+          f" {nbytes / best['offloop'] / bw_r:.0%} of read bandwidth"
+          f" {bw_r / 1e9:.1f} GB/s) | numpy {ms(best['numpy'])}"
+          f" ({best['numpy'] / best['offloop']:.2f}x) | {line}", flush=True)
 
 
 async def case_topk_many(ctx):
@@ -459,8 +700,10 @@ async def case_topk_many(ctx):
         qn = q / np.linalg.norm(q, axis=1, keepdims=True)
         res["np"] = numpy_topk(qn @ m_unit.T, K)
 
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     best = await best_of(
-        [("offloop", ours), ("numpy", numpy_mm)], ctx["rounds"],
+        [("offloop", ours), ("numpy", numpy_mm)]
+        + topk_peer_impls(ctx["peers"], m_unit, qn, res), ctx["rounds"],
         ctx["warmup"],
         lambda name, rnd, dt: record(ctx["rec"], ctx["loop"], "topk_many",
                                      name, rnd, dt, m_unit.nbytes))
@@ -474,6 +717,183 @@ async def case_topk_many(ctx):
           f" | numpy matmul+argpartition {ms(best['numpy'])}"
           f" ({r:.2f}x faster, goal >={GOAL_TOPK64_RATIO:g}x {verdict(ok)})",
           flush=True)
+    _, line = versus_peers(best, "offloop", ("faiss", "usearch"),
+                           [p for p in ("faiss", "usearch")
+                            if not ctx["peers"].has(p)])
+    print(f"  peers, {len(q)} queries: faiss knn, usearch exact | {line}",
+          flush=True)
+
+
+# Goals for quantized scans (issue: "Goals for quantized scans").
+GOAL_BF16_SPEEDUP = 1.8   # float32 time / bfloat16 time
+GOAL_INT8_SPEEDUP = 3.0
+GOAL_RECALL_BF16 = 0.99   # recall@10 against exact float32, no re-rank
+GOAL_RECALL_INT8 = 0.95
+GOAL_RECALL_RERANK = 1.0
+
+
+def recall_at_k(got, exact):
+    import numpy as np
+
+    got, exact = np.atleast_2d(got), np.atleast_2d(exact)
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / len(b)
+                          for a, b in zip(got, exact)]))
+
+
+def quant_setup(ctx):
+    """The quantized copies of m_unit, made once: offloop's (timed), faiss
+    SQ8's index, usearch's int8 and bfloat16 rows."""
+    import numpy as np
+
+    import offloop
+
+    if "quant" in ctx["data"]:
+        return ctx["data"]["quant"]
+    m_unit = ctx["data"]["m_unit"]
+    peers = ctx["peers"]
+    qd = {}
+    for dt in ("bfloat16", "int8"):
+        t0 = time.perf_counter()
+        qd[dt] = offloop.blocking.quantize(m_unit, dt)
+        qd[f"{dt}_s"] = time.perf_counter() - t0
+    if peers.has("faiss"):
+        faiss = peers["faiss"]
+        sq = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit,
+                                        faiss.METRIC_INNER_PRODUCT)
+        t0 = time.perf_counter()
+        sq.train(m_unit)
+        sq.add(m_unit)
+        qd["faiss_s"] = time.perf_counter() - t0
+        qd["faiss"] = sq
+    # usearch scans codes of its own dtype, queries included: int8 rows
+    # scaled to 127 (cosine ignores the scale), bfloat16 as uint16 bits.
+    qd["us_i8"] = qd["int8"].codes
+    qd["us_bf16"] = qd["bfloat16"].codes
+    ctx["data"]["quant"] = qd
+    return qd
+
+
+def to_int8(q):
+    import numpy as np
+
+    q = np.atleast_2d(q)
+    return np.round(q * (127 / np.abs(q).max(axis=1, keepdims=True))) \
+        .astype(np.int8)
+
+
+def to_bf16_bits(q):
+    import numpy as np
+
+    u = np.ascontiguousarray(q, dtype=np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+async def case_quant(ctx):
+    """top_k over bfloat16 and int8 rows against float32 and the peers'
+    quantized scans, one query and nq queries, with recall@10."""
+    import numpy as np
+
+    import offloop
+
+    qd = quant_setup(ctx)
+    m_unit = ctx["data"]["m_unit"]
+    n = m_unit.shape[0]
+    peers = ctx["peers"]
+    print(f"quantize {n:,} x {D} on the pool: bfloat16"
+          f" {ms(qd['bfloat16_s'])}, int8 {ms(qd['int8_s'])}"
+          + (f" | faiss SQ8 train+add {ms(qd['faiss_s'])}"
+             if "faiss" in qd else " | faiss absent"), flush=True)
+    for nq in (1, ctx["nq"]):
+        q = ctx["data"]["q"][:nq]
+        qq = q[0] if nq == 1 else q
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        res = {}
+
+        def ours(name, m, **kw):
+            async def go():
+                res[name] = (await offloop.top_k(qq, m, K, **kw))[1]
+            return (name, go)
+
+        impls = [ours("float32", m_unit, normalized=True),
+                 ours("bfloat16", qd["bfloat16"]),
+                 ours("int8", qd["int8"]),
+                 ours("bfloat16_rerank", qd["bfloat16"], rerank=m_unit),
+                 ours("int8_rerank", qd["int8"], rerank=m_unit)]
+        if "faiss" in qd:
+            async def faiss_sq8():
+                res["faiss_sq8"] = qd["faiss"].search(qn, K)[1]
+            impls.append(("faiss_sq8", faiss_sq8))
+        if peers.has("usearch"):
+            us = peers["usearch"]
+            qi8 = to_int8(q)
+            qbf = to_bf16_bits(qn)
+
+            async def usearch_i8():
+                r = us.search(qd["us_i8"], qi8 if nq > 1 else qi8[0], K,
+                              us.MetricKind.Cos, exact=True, threads=0)
+                res["usearch_i8"] = r.keys
+            async def usearch_bf16():
+                r = us.search(qd["us_bf16"], qbf if nq > 1 else qbf[0], K,
+                              us.MetricKind.IP, exact=True, threads=0,
+                              dtype=us.ScalarKind.BF16)
+                res["usearch_bf16"] = r.keys
+            impls += [("usearch_i8", usearch_i8),
+                      ("usearch_bf16", usearch_bf16)]
+        rounds = ctx["rounds"] if nq == 1 else max(2, min(ctx["rounds"], 5))
+        best = await best_of(
+            impls, rounds, ctx["warmup"],
+            lambda name, rnd, dt, nq=nq: record(
+                ctx["rec"], ctx["loop"], f"quant_topk_{nq}q", name, rnd, dt))
+        exact = res["float32"]
+        rec_ = {name: recall_at_k(res[name], exact) for name in res}
+        f32 = best["float32"]
+        sp_bf, sp_i8 = f32 / best["bfloat16"], f32 / best["int8"]
+        goals = [
+            (f"quant {nq}q bfloat16 >= {GOAL_BF16_SPEEDUP}x float32",
+             sp_bf >= GOAL_BF16_SPEEDUP),
+            (f"quant {nq}q int8 >= {GOAL_INT8_SPEEDUP}x float32",
+             sp_i8 >= GOAL_INT8_SPEEDUP),
+            (f"quant {nq}q bfloat16 recall", rec_["bfloat16"]
+             >= GOAL_RECALL_BF16),
+            (f"quant {nq}q int8 recall", rec_["int8"] >= GOAL_RECALL_INT8),
+            (f"quant {nq}q re-ranked recall",
+             min(rec_["bfloat16_rerank"], rec_["int8_rerank"])
+             >= GOAL_RECALL_RERANK)]
+        # Recall over one query moves in steps of 1/K: the recall goals
+        # are judged on the many-query run (the same rows).
+        ctx["goals"] += goals if nq > 1 else goals[:2]
+        print(f"top_k k={K}, {nq} quer{'y' if nq == 1 else 'ies'} x {n:,} x"
+              f" {D} (time, vs offloop float32, recall@{K}"
+              f"{' of this one query' if nq == 1 else ''}):", flush=True)
+        for name, _ in impls:
+            print(f"  {name:16s} {ms(best[name]):>9s}"
+                  f"  {f32 / best[name]:5.2f}x  recall {rec_[name]:.3f}",
+                  flush=True)
+        for name in ("faiss_sq8", "usearch_i8", "usearch_bf16"):
+            if name not in best:
+                print(f"  {name:16s} absent", flush=True)
+        peer_names = [p for p in ("faiss_sq8", "usearch_i8", "usearch_bf16")
+                      if p in best]
+        if peer_names:
+            bp = min(best[p] for p in peer_names)
+            print(f"  vs best quantized peer: int8 {bp / best['int8']:.2f}x,"
+                  f" bfloat16 {bp / best['bfloat16']:.2f}x, int8+rerank"
+                  f" {bp / best['int8_rerank']:.2f}x", flush=True)
+        print(f"  goals: bfloat16 {sp_bf:.2f}x (>= {GOAL_BF16_SPEEDUP:g}x"
+              f" {verdict(goals[0][1])}), int8 {sp_i8:.2f}x"
+              f" (>= {GOAL_INT8_SPEEDUP:g}x {verdict(goals[1][1])}), recall"
+              f" bfloat16 {rec_['bfloat16']:.3f} ({verdict(goals[2][1])}),"
+              f" int8 {rec_['int8']:.3f} ({verdict(goals[3][1])}), re-ranked"
+              f" {rec_['bfloat16_rerank']:.3f}/{rec_['int8_rerank']:.3f}"
+              f" ({verdict(goals[4][1])})", flush=True)
+    per_m = 1e6 / n
+    line = (f"float32 {m_unit.nbytes * per_m / 1e9:.2f} GB | bfloat16"
+            f" {qd['bfloat16'].nbytes * per_m / 1e9:.2f} GB | int8"
+            f" {qd['int8'].nbytes * per_m / 1e9:.2f} GB")
+    if "faiss" in qd:
+        line += (f" | faiss SQ8 codes"
+                 f" {qd['faiss'].sa_code_size() * 1e6 / 1e9:.2f} GB")
+    print(f"memory per million {D}-d vectors: {line}", flush=True)
 
 
 async def case_lag(ctx):
@@ -568,12 +988,15 @@ CASES = {  # name: (function, runs on every loop)
     "normalize_small": (lambda ctx: case_normalize_small(ctx), False),
     "topk1": (lambda ctx: case_topk_one(ctx), False),
     "topk_many": (lambda ctx: case_topk_many(ctx), False),
+    "scores": (lambda ctx: case_scores(ctx), False),
+    "quant": (lambda ctx: case_quant(ctx), False),
     "cosine": (lambda ctx: case_cosine(ctx), True),
     "lag": (lambda ctx: case_lag(ctx), True),
 }
 
 
 async def bench_loop(ctx, first):
+    ctx["first"] = first
     for name in ctx["cases"]:
         fn, every_loop = CASES[name]
         if first or every_loop:  # loop-independent cases run once
@@ -659,8 +1082,12 @@ def main(argv=None):
     rec = Recorder("bench_vectors", RECORD_FIELDS, ts, commit,
                    isa=_core._isa())
     bandwidth = Bandwidth(threads)
+    peers = Peers()
+    print(f"# peers: {peers.line()}", flush=True)
     bw_rw, bw_r = bandwidth.best(data["m_raw"], max(2, args.rounds), rec)
-    print(f"# memory bandwidth at start (numpy, best of 1 and {threads}"
+    print(f"# memory bandwidth at start (best of numpy and the C streaming"
+          f" reads {','.join(f.__name__[5:] for f in bandwidth.reads)},"
+          f" 1 and {threads}"
           f" threads, {data['m_raw'].nbytes / 1e6:.0f} MB): in-place"
           f" read+write {bw_rw / 1e9:.1f} GB/s, read {bw_r / 1e9:.1f} GB/s;"
           f" the goals divide by the same reference timed in the kernel's"
@@ -672,7 +1099,7 @@ def main(argv=None):
                "rounds": args.rounds, "warmup": args.warmup,
                "norm_n": args.norm_n, "nq": args.nq, "cos_n": args.cos_n,
                "samples": args.samples, "blocks": args.blocks,
-               "bandwidth": bandwidth, "cases": cases}
+               "bandwidth": bandwidth, "cases": cases, "peers": peers}
         loop = factory()
         try:
             loop.run_until_complete(bench_loop(ctx, i == 0))

@@ -32,11 +32,12 @@ from ._core import (  # vector kernels: C entry points, no wrapper
     cosine_similarity,
     top_k,
 )
+from ._quantized import QuantizedMatrix, quantize
 
 __version__ = "0.1.0"
-__all__ = ["Batched", "Future", "batch_normalize", "batched", "blocking", "configure",
-           "cosine_similarities", "cosine_similarity", "get_cmake_dir",
-           "get_include", "run", "stats",
+__all__ = ["Batched", "Future", "QuantizedMatrix", "batch_normalize", "batched",
+           "blocking", "configure", "cosine_similarities", "cosine_similarity",
+           "get_cmake_dir", "get_include", "quantize", "run", "stats",
            "top_k"]
 
 #: Seconds interpreter exit waits for running jobs to stop.

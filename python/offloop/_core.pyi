@@ -26,6 +26,8 @@ from typing import (
 import numpy as np
 import numpy.typing as npt
 
+from ._quantized import QuantizedMatrix
+
 if sys.version_info >= (3, 12):
     from collections.abc import Buffer
 else:
@@ -80,13 +82,38 @@ def batch_normalize(x: _Matrix, *, out: _Out) -> Future[_Out]: ...
 def batch_normalize_blocking(x: _Matrix, *, out: None = None) -> _F32: ...
 @overload
 def batch_normalize_blocking(x: _Matrix, *, out: _Out) -> _Out: ...
-def cosine_similarities(q: _Vectors, m: _Matrix) -> Future[_F32]: ...
-def cosine_similarities_blocking(q: _Vectors, m: _Matrix) -> _F32: ...
+def cosine_similarities(q: _Vectors, m: _Matrix | QuantizedMatrix) -> Future[_F32]: ...
+def cosine_similarities_blocking(q: _Vectors, m: _Matrix | QuantizedMatrix) -> _F32: ...
 def top_k(
-    q: _Vectors, m: _Matrix, k: SupportsIndex = 10, *, normalized: bool = False
+    q: _Vectors,
+    m: _Matrix | QuantizedMatrix,
+    k: SupportsIndex = 10,
+    *,
+    normalized: bool = False,
+    rerank: _Matrix | None = None,
 ) -> Future[_TopK]: ...
 def top_k_blocking(
-    q: _Vectors, m: _Matrix, k: SupportsIndex = 10, *, normalized: bool = False
+    q: _Vectors,
+    m: _Matrix | QuantizedMatrix,
+    k: SupportsIndex = 10,
+    *,
+    normalized: bool = False,
+    rerank: _Matrix | None = None,
 ) -> _TopK: ...
+def _stream_read(buffer: Buffer | npt.NDArray[Any], variant: int, /) -> int: ...
+def _stream_read_names() -> list[str]: ...
+# quantize (quantize.c): offloop._quantized.quantize is the public face.
+def _quantize(
+    m: _Matrix,
+    codes: npt.NDArray[np.uint16] | npt.NDArray[np.int8],
+    scales: npt.NDArray[np.float32] | None,
+    result: QuantizedMatrix,
+) -> Future[QuantizedMatrix]: ...
+def _quantize_blocking(
+    m: _Matrix,
+    codes: npt.NDArray[np.uint16] | npt.NDArray[np.int8],
+    scales: npt.NDArray[np.float32] | None,
+    result: QuantizedMatrix,
+) -> QuantizedMatrix: ...
 def _set_isa(name: Literal["scalar", "avx2", "avx512"], /) -> str: ...
 def _isa() -> str: ...

@@ -16,9 +16,10 @@ from ._core import batch_normalize_blocking as batch_normalize
 from ._core import cosine_similarities_blocking as cosine_similarities
 from ._core import cosine_similarity_blocking as cosine_similarity
 from ._core import top_k_blocking as top_k
+from ._quantized import quantize_blocking as quantize
 
 __all__ = ["batch_normalize", "cosine_similarities", "cosine_similarity",
-           "run", "top_k"]
+           "quantize", "run", "top_k"]
 
 
 _P = _ParamSpec("_P")

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "quant.h"
 
 #ifndef ENOTSUP
 #define ENOTSUP EOPNOTSUPP
@@ -202,4 +203,34 @@ ol_topk_rows_f32(const float *q, const float *q_inv_norm, size_t nq,
 {
     kernels()->topk_rows(q, q_inv_norm, nq, m, d, row_begin, row_end,
                          m_normalized, lists);
+}
+
+/* Quantized scans: the table of the ISA in use.  An ISA without its own
+ * quantized file (any added later) runs the portable one. */
+static const ol__qkernel_table *
+qkernels(void)
+{
+    switch (ol_kernels_isa()) {
+#if defined(OL_HAVE_X86_SIMD)
+        case OL_ISA_AVX2:
+            return &ol__qkernels_avx2;
+        case OL_ISA_AVX512:
+            return &ol__qkernels_avx512;
+#endif
+        default:
+            return &ol__qkernels_scalar;
+    }
+}
+
+void
+ol_qscan_rows(ol_qtype t, const float *q, const float *q_inv_norm,
+              size_t nq, const void *codes, const float *scales, size_t d,
+              size_t row_begin, size_t row_end, float *out,
+              size_t out_stride, ol_topk *lists)
+{
+    const ol__qkernel_table *k = qkernels();
+
+    (t == OL_Q_BF16 ? k->bf16 : k->int8)(q, q_inv_norm, nq, codes, scales,
+                                         d, row_begin, row_end, out,
+                                         out_stride, lists);
 }

@@ -12,6 +12,8 @@ add_library(ol_kernels STATIC
   ${_ol_kernels_dir}/dispatch.c
   ${_ol_kernels_dir}/scalar.c
   ${_ol_kernels_dir}/topk.c
+  ${_ol_kernels_dir}/quant_scalar.c
+  ${_ol_kernels_dir}/bandwidth.c
 )
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i.86)$"
@@ -19,10 +21,16 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64|i.86)$"
   target_sources(ol_kernels PRIVATE
     ${_ol_kernels_dir}/avx2.c
     ${_ol_kernels_dir}/avx512.c
+    ${_ol_kernels_dir}/quant_avx2.c
+    ${_ol_kernels_dir}/quant_avx512.c
   )
   set_source_files_properties(${_ol_kernels_dir}/avx2.c
     PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma")
   set_source_files_properties(${_ol_kernels_dir}/avx512.c
+    PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2;-mfma")
+  set_source_files_properties(${_ol_kernels_dir}/quant_avx2.c
+    PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma")
+  set_source_files_properties(${_ol_kernels_dir}/quant_avx512.c
     PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx2;-mfma")
   target_compile_definitions(ol_kernels PRIVATE OL_HAVE_X86_SIMD=1)
 elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$"

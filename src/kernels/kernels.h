@@ -87,4 +87,43 @@ void ol_topk_sort(ol_topk *t);
 /* 1/|v| for an n-vector (0 for a zero vector), accumulated in double. */
 float ol_inv_norm_f32(const float *v, size_t n);
 
+
+/* ---- quantized storage (quant_scalar.c, quant_*.c, quant.h) ---------
+ *
+ * A quantized matrix holds unit rows (each row divided by its L2 norm)
+ * as bfloat16 codes (uint16, the top half of a float32) or as int8 codes
+ * with one float32 scale per row (code * scale is the unit row's value).
+ * Queries stay float32; a score is the cosine of the query with the
+ * decoded row.  A row holding NaN or inf is coded so that it scores NaN
+ * (ranked after every number) without touching any other row. */
+typedef enum {
+    OL_Q_BF16 = 1,
+    OL_Q_INT8 = 2,
+} ol_qtype;
+
+/* Bytes per code: 2 for bfloat16, 1 for int8. */
+size_t ol_qtype_size(ol_qtype t);
+
+/* Code rows [row_begin, row_end) of x (N x d) into codes (N x d codes)
+ * and, for int8, scales (N).  Not dispatched (portable C). */
+void ol_quantize_rows(ol_qtype t, const float *x, void *codes, float *scales,
+                      size_t d, size_t row_begin, size_t row_end);
+
+/* As ol_cosine_rows_f32 and ol_topk_rows_f32 over a quantized matrix
+ * (scales: NULL for bfloat16).  lists == NULL writes out[i * out_stride
+ * + r]; otherwise the k best rows of query i go to lists[i]. */
+void ol_qscan_rows(ol_qtype t, const float *q, const float *q_inv_norm,
+                   size_t nq, const void *codes, const float *scales,
+                   size_t d, size_t row_begin, size_t row_end, float *out,
+                   size_t out_stride, ol_topk *lists);
+
+/* bandwidth.c: read nbytes at p (8-byte multiple) with variant `variant`
+ * (0: portable C, 1: AVX2, 2: AVX2 + prefetch, 3: AVX2 non-temporal,
+ * 4: AVX-512F, 5: AVX-512F non-temporal), OR of every word in *sink.
+ * Returns 0, or -ENOTSUP if the CPU, build or p's alignment does not
+ * allow the variant.  For the benchmarks' bandwidth reference. */
+int ol_stream_read(const void *p, size_t nbytes, int variant, uint64_t *sink);
+/* The variant's name, or NULL past the last one. */
+const char *ol_stream_read_name(int variant);
+
 #endif /* OFFLOOP_KERNELS_H */

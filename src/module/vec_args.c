@@ -246,6 +246,48 @@ vec_get_output(vec_buf *b, PyObject *obj, const char *fname, const char *name,
     return 0;
 }
 
+/* Borrow `obj` (read-only is fine) as C-contiguous codes of struct
+ * format `fmt`, `ndim` dimensions.  Never converted: a quantized matrix
+ * is made by quantize() or rebuilt from its own arrays. */
+int
+vec_get_codes(vec_buf *b, PyObject *obj, const char *fname, const char *name,
+              char fmt, int ndim)
+{
+    const char *f;
+    Py_ssize_t size = fmt == 'H' ? 2 : fmt == 'b' ? 1 : 4;
+
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s(): %s must be an array, not %.100s",
+                     fname, name, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, &b->view, PyBUF_RECORDS_RO) < 0) {
+        return -1;
+    }
+    b->held = 1;
+    f = b->view.format ? b->view.format : "B";
+    if (f[0] == '@' || f[0] == '=' || (f[0] == '<' && PY_LITTLE_ENDIAN)) {
+        f++;
+    }
+    if (f[0] != fmt || f[1] != '\0' || b->view.itemsize != size) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s(): %s has buffer format '%s', expected '%c'", fname,
+                     name, b->view.format ? b->view.format : "B", fmt);
+        return -1;
+    }
+    if (!PyBuffer_IsContiguous(&b->view, 'C') || b->view.ndim != ndim) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s(): %s must be C-contiguous with %d dimensions",
+                     fname, name, ndim);
+        return -1;
+    }
+    b->ndim = ndim;
+    b->rows = (size_t)b->view.shape[0];
+    b->cols = ndim == 2 ? (size_t)b->view.shape[1] : 1;
+    b->data = (float *)b->view.buf; /* codes: read through a cast */
+    return 0;
+}
+
 /* numpy.empty and the dtypes, imported on the first call that needs an
  * output array (import offloop does not import numpy). */
 static int

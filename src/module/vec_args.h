@@ -27,6 +27,11 @@ int vec_get_input(vec_buf *b, PyObject *obj, const char *fname,
  * 2), or cols (ndim 1).  Never converted. */
 int vec_get_output(vec_buf *b, PyObject *obj, const char *fname,
                    const char *name, int ndim, size_t rows, size_t cols);
+/* Borrow `obj` (read-only is fine) as C-contiguous codes of struct
+ * format `fmt` ('H' uint16, 'b' int8, 'f' float32), `ndim` dimensions.
+ * Never converted. */
+int vec_get_codes(vec_buf *b, PyObject *obj, const char *fname,
+                  const char *name, char fmt, int ndim);
 /* A new numpy array of shape (rows, cols), or (cols,) if rows == 0;
  * float32, or int64 if `int64`. */
 PyObject *vec_new_array(ol_state *st, size_t rows, size_t cols, int int64);

@@ -5,7 +5,9 @@
  *
  * A one-query top_k or cosine_similarities job that goes to the pool gets
  * a batch key: its kind, the matrix's address and shape, k, `normalized`
- * and its row blocks (the plan).  Jobs with equal keys that wait in the
+ * and its row blocks (the plan); for a QuantizedMatrix also its code type
+ * (beside d) and the re-rank matrix's address (beside `normalized`), so
+ * that calls on the same codes with another rerank= never mix.  Jobs with equal keys that wait in the
  * queue together are taken as one batch by the pool (src/core/pool.c):
  * the first is the leader.  Measured on this project's 2-core machine, 64
  * one-query scans of 200,000 x 768 cost 5.4x to 6.8x one 64-query scan:
@@ -64,9 +66,13 @@ vec_make_batchable(ol_pyjob *job, const ol_jobkind *kind)
     key->tag = kind;
     key->words[0] = (uint64_t)(uintptr_t)p->in[1].data;
     key->words[1] = p->n;
-    key->words[2] = p->d;
+    /* d < 2^56 and qtype < 4; a float32 buffer's address is 4-aligned,
+     * so its low bit is free for `normalized`. */
+    key->words[2] = p->d | (uint64_t)p->qtype << 56;
     key->words[3] = p->k;
-    key->words[4] = (uint64_t)p->normalized;
+    key->words[4] = (uint64_t)(uintptr_t)(p->rerank.held ? p->rerank.data
+                                                         : NULL) |
+                    (uint64_t)p->normalized;
     key->words[5] = p->rblocks;
     job->core.batch_begin = vec_batch_begin;
 }
@@ -85,7 +91,7 @@ vec_batch_begin(ol_job_t *leader)
     b->nb = nb;
     if (lp->lists != NULL) { /* top_k: the plan of an nb-query call */
         vec_payload plan = {.nq = nb, .n = lp->n, .d = d};
-        vec_plan(&plan, 0, nb * lp->k);
+        vec_plan(&plan, 0, nb * lp->kc);
         b->rb = plan.rb > lp->rb ? plan.rb : lp->rb;
     }
     else {
@@ -141,17 +147,15 @@ vec_batch_work(vec_payload *p, size_t chunk, int topk)
         ol_topk *lists = b->lists + chunk * b->nb;
         for (j = 0; j < b->nb; j++) {
             vec_payload *m = b->members[j];
-            ol_topk_init(&lists[j], m->pscores + chunk * p->k,
-                         m->pindices + chunk * p->k, p->k);
+            ol_topk_init(&lists[j], m->pscores + chunk * p->kc,
+                         m->pindices + chunk * p->kc, p->kc);
         }
-        ol_topk_rows_f32(b->queries, inv, b->nb, p->in[1].data, p->d, r0, r1,
-                         p->normalized, lists);
+        vec_scan_topk(p, b->queries, inv, b->nb, r0, r1, lists);
     }
     else {
         /* Rows [0, nr) of the block's own start: scores land in a
          * block-sized scratch, then in each member's output. */
-        ol_cosine_rows_f32(b->queries, inv, b->nb, p->in[1].data + r0 * p->d,
-                           p->d, 0, nr, 0, scores, nr);
+        vec_scan_sims(p, b->queries, inv, b->nb, r0, 0, nr, scores, nr);
         for (j = 0; j < b->nb; j++) {
             memcpy(b->members[j]->out[0].data + r0, scores + j * nr,
                    nr * sizeof(float));
@@ -178,9 +182,7 @@ vec_batch_finish(vec_payload *p)
         for (size_t r = 1; r < b->blocks; r++) {
             ol_topk_merge(dst, &b->lists[r * b->nb + j]);
         }
-        ol_topk_sort(dst);
-        memcpy(m->out[0].data, dst->scores, dst->count * sizeof(float));
-        memcpy(m->out[1].data, dst->indices, dst->count * sizeof(int64_t));
+        vec_topk_write(m, 0, m->in[0].data, dst);
     }
     return 0;
 }

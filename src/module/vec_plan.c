@@ -50,6 +50,10 @@ vec_plan(vec_payload *p, int inline_run, size_t entries_per_row_block)
 {
     size_t min_chunks, rmin, row_bytes = p->d * sizeof(float);
 
+    if (p->qtype) { /* a QuantizedMatrix: its codes' bytes */
+        row_bytes = p->d * ol_qtype_size((ol_qtype)p->qtype);
+    }
+
     if (inline_run) {
         p->qb = p->nq;
         p->qblocks = 1;
@@ -64,6 +68,14 @@ vec_plan(vec_payload *p, int inline_run, size_t entries_per_row_block)
     p->qblocks = ceil_div(p->nq, p->qb);
 
     p->rb = CHUNK_BYTES / row_bytes;
+    /* top_k: a row block of fewer rows than about 8 list entries inserts
+     * most of its rows into the list (nothing is rejected until the list
+     * is full), and that is the slow path of a scan.  It matters for
+     * rerank=, whose lists hold 4k + 64 candidates: measured 1.7x the
+     * scan's time with 85-row blocks of int8 rows. */
+    if (p->qtype && p->kc > 0 && p->rb < 8 * p->kc) {
+        p->rb = 8 * p->kc;
+    }
     p->rblocks = ceil_div(p->n, p->rb ? p->rb : 1);
     if (entries_per_row_block > 0 &&
         p->rblocks > TOPK_PARTIAL_MAX / entries_per_row_block) {

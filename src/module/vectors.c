@@ -49,6 +49,8 @@ vec_release(ol_pyjob *job)
     vec_buf_release(&p->in[1]);
     vec_buf_release(&p->out[0]);
     vec_buf_release(&p->out[1]);
+    vec_buf_release(&p->scales);
+    vec_buf_release(&p->rerank);
     Py_CLEAR(p->result);
     vec_batch_release(p);
     free(p->lists);
@@ -125,17 +127,16 @@ scan_chunk(vec_payload *p, size_t chunk, int topk)
         /* This chunk's lists: row block r0 / rb, queries [q0, q1). */
         lists = p->lists + (r0 / p->rb) * p->nq + q0;
         for (i = 0; i < q1 - q0; i++) {
-            size_t at = (size_t)(lists + i - p->lists) * p->k;
+            size_t at = (size_t)(lists + i - p->lists) * p->kc;
             ol_topk_init(&lists[i], p->pscores + at, p->pindices + at,
-                         p->k);
+                         p->kc);
         }
-        ol_topk_rows_f32(p->in[0].data + q0 * p->d, inv, q1 - q0,
-                         p->in[1].data, p->d, r0, r1, p->normalized, lists);
+        vec_scan_topk(p, p->in[0].data + q0 * p->d, inv, q1 - q0, r0, r1,
+                      lists);
     }
     else {
-        ol_cosine_rows_f32(p->in[0].data + q0 * p->d, inv, q1 - q0,
-                           p->in[1].data, p->d, r0, r1, 0,
-                           p->out[0].data + q0 * p->n, p->n);
+        vec_scan_sims(p, p->in[0].data + q0 * p->d, inv, q1 - q0, 0, r0, r1,
+                      p->out[0].data + q0 * p->n, p->n);
     }
     if (inv != stack) {
         free(inv);
@@ -165,13 +166,11 @@ topk_work(ol_job_t *job, size_t chunk)
 }
 
 /* On the last worker: merge each query's row-block lists into the first,
- * sort it, and write it out. */
+ * then sort it (or re-rank it) into the outputs. */
 static int
 topk_finish(ol_job_t *job)
 {
     vec_payload *p = PAYLOAD(job);
-    float *scores = p->out[0].data;
-    int64_t *indices = (int64_t *)(void *)p->out[1].data;
     size_t i, r;
 
     if (p->batch != NULL) {
@@ -182,11 +181,7 @@ topk_finish(ol_job_t *job)
         for (r = 1; r < p->rblocks; r++) {
             ol_topk_merge(dst, &p->lists[r * p->nq + i]);
         }
-        ol_topk_sort(dst);
-        /* count == k: k <= n, and every row was offered. */
-        memcpy(scores + i * p->k, dst->scores, dst->count * sizeof(float));
-        memcpy(indices + i * p->k, dst->indices,
-               dst->count * sizeof(int64_t));
+        vec_topk_write(p, i, p->in[0].data + i * p->d, dst);
     }
     return 0;
 }
@@ -377,16 +372,20 @@ batch_normalize_blocking(PyObject *module, PyObject *const *args,
 
 /* ---- cosine_similarities and top_k --------------------------------- */
 
-/* q (D,) or (Q, D) and m (N, D) into in[0] and in[1]. */
+/* q (D,) or (Q, D) and m (N, D) into in[0] and in[1]; m may be a
+ * QuantizedMatrix (quantize.c). */
 static int
 get_query_matrix(vec_payload *p, PyObject *q, PyObject *m,
                  const char *fname)
 {
+    int quantized;
+
     if (vec_get_input(&p->in[0], q, fname, "q") < 0 ||
-        vec_get_input(&p->in[1], m, fname, "m") < 0) {
+        (quantized = vec_get_quantized(p, m, fname)) < 0 ||
+        (!quantized && vec_get_input(&p->in[1], m, fname, "m") < 0)) {
         return -1;
     }
-    if (p->in[1].ndim != 2) {
+    if (!quantized && p->in[1].ndim != 2) {
         PyErr_Format(PyExc_ValueError,
                      "%s(): m must be 2-D (rows x dimensions), got %d "
                      "dimension",
@@ -544,8 +543,10 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
     }
     p->out[1].held = 1;
     p->out[1].data = p->out[1].view.buf;
-    /* nq * k fits (checked above); rblocks is bounded by plan(). */
-    if (vec_checked_size(p->rblocks, p->nq * p->k,
+    /* kc >= k; rblocks is bounded by plan(). */
+    if (vec_checked_size(p->nq, p->kc, sizeof(int64_t), &bytes, fname,
+                         "q and k are too big: candidates") < 0 ||
+        vec_checked_size(p->rblocks, p->nq * p->kc,
                          sizeof(float) + sizeof(int64_t), &bytes, fname,
                          "q and k are too big: partial lists") < 0) {
         return -1;
@@ -558,7 +559,7 @@ topk_alloc(ol_state *st, vec_payload *p, int ndim, const char *fname)
         return -1;
     }
     p->pindices = p->storage; /* int64 first: malloc aligns it */
-    p->pscores = (float *)(p->pindices + lists * p->k);
+    p->pscores = (float *)(p->pindices + lists * p->kc);
     return 0;
 }
 
@@ -566,15 +567,16 @@ static PyObject *
 topk_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
           PyObject *kwnames, int blocking)
 {
-    static const char *const names[] = {"q", "m", "k", "normalized"};
+    static const char *const names[] = {"q", "m", "k", "normalized",
+                                        "rerank"};
     static const char fname[] = "top_k";
     ol_state *st = ol_get_state(module);
-    PyObject *argv[4];
+    PyObject *argv[5];
     ol_pyjob *job;
     vec_payload *p;
     size_t per_block;
 
-    if (vec_parse_args(fname, names, 3, 1, 2, args, nargs, kwnames,
+    if (vec_parse_args(fname, names, 3, 2, 2, args, nargs, kwnames,
                        argv) < 0) {
         return NULL;
     }
@@ -592,7 +594,10 @@ topk_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
             goto error;
         }
     }
-    per_block = __builtin_mul_overflow(p->nq, p->k, &per_block)
+    if (vec_parse_rerank(p, argv[4], fname) < 0) {
+        goto error;
+    }
+    per_block = __builtin_mul_overflow(p->nq, p->kc, &per_block)
                     ? TOPK_PARTIAL_MAX
                     : per_block;
     vec_plan(p, vec_tiny(p->nq, p->n, p->d), per_block ? per_block : 1);
@@ -620,6 +625,52 @@ top_k_blocking(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return topk_impl(module, args, nargs, kwnames, 1);
 }
 
+/* ---- benchmark hook ------------------------------------------------ */
+
+/* _stream_read(buffer, variant): read the buffer with bandwidth.c's
+ * variant, GIL released, so that benchmark threads stream in parallel.
+ * Returns the OR of its words; ValueError if the variant cannot run. */
+static PyObject *
+stream_read(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    int variant, rc;
+    uint64_t sink = 0;
+
+    if (!PyArg_ParseTuple(args, "y*i:_stream_read", &view, &variant)) {
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = ol_stream_read(view.buf, (size_t)view.len & ~(size_t)7, variant,
+                        &sink);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "_stream_read(): variant %d cannot run here", variant);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(sink);
+}
+
+static PyObject *
+stream_read_names(PyObject *module, PyObject *unused)
+{
+    PyObject *list = PyList_New(0);
+    const char *name;
+
+    for (int i = 0; list != NULL && (name = ol_stream_read_name(i)); i++) {
+        PyObject *s = PyUnicode_FromString(name);
+        if (s == NULL || PyList_Append(list, s) < 0) {
+            Py_XDECREF(s);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(s);
+    }
+    return list;
+}
+
 #include "vectors_doc.h"
 
 #define FASTCALL(fn) ((PyCFunction)(void (*)(void))(fn))
@@ -641,5 +692,18 @@ PyMethodDef ol_vector_methods[] = {
     {"top_k", FASTCALL(top_k), FASTKW, top_k_doc},
     {"top_k_blocking", FASTCALL(top_k_blocking), FASTKW,
      top_k_blocking_doc},
+    {"_stream_read", stream_read, METH_VARARGS,
+     "_stream_read($module, buffer, variant, /)\n--\n\n"
+     "Benchmark hook: read buffer with a bandwidth.c variant."},
+    {"_stream_read_names", stream_read_names, METH_NOARGS,
+     "_stream_read_names($module, /)\n--\n\n"
+     "Benchmark hook: the _stream_read variants by number."},
+    {"_quantize", FASTCALL(vec_quantize), FASTKW,
+     "_quantize(m, codes, scales, result)\n--\n\n"
+     "Fill a QuantizedMatrix's arrays from m on the pool (use "
+     "offloop.quantize)."},
+    {"_quantize_blocking", FASTCALL(vec_quantize_blocking), FASTKW,
+     "_quantize_blocking(m, codes, scales, result)\n--\n\n"
+     "The blocking twin of _quantize (use offloop.blocking.quantize)."},
     {NULL, NULL, 0, NULL},
 };

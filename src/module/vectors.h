@@ -41,6 +41,11 @@ typedef struct {
     int64_t *pindices; /* into storage, k per list */
     float *pscores;
     vec_batch *batch;  /* a batch's leader: the shared run (vec_batch.c) */
+    int qtype;         /* 0: float32 m; OL_Q_*: in[1] holds its codes */
+    vec_buf scales;    /* int8: m's per-row scales */
+    vec_buf rerank;    /* top_k(rerank=): float32 rows, held if used */
+    size_t kc;         /* top_k: entries per partial list (k, or the
+                        * re-rank candidates) */
 } vec_payload;
 
 #define PAYLOAD(job) OL_PAYLOAD((ol_pyjob *)(job), vec_payload)
@@ -63,6 +68,30 @@ void vec_make_batchable(ol_pyjob *job, const ol_jobkind *kind);
 int vec_batch_work(vec_payload *p, size_t chunk, int topk);
 int vec_batch_finish(vec_payload *p);
 void vec_batch_release(vec_payload *p);
+
+/* quantize.c: quantized matrices in top_k and cosine_similarities.
+ * vec_get_quantized(): 1 if `m` is a QuantizedMatrix (in[1] and scales
+ * then hold its arrays, qtype, n and d set), 0 if not, -1 on error.
+ * vec_parse_rerank(): top_k's rerank= against m; sets kc.
+ * vec_scan_topk() / vec_scan_sims(): one chunk's scan, float32 or
+ * quantized (sims: the matrix rows start at row `off`, out is indexed
+ * from there).  vec_topk_write(): a query's merged list -> its outputs
+ * (re-ranked first if asked), row qi of p's result. */
+int vec_get_quantized(vec_payload *p, PyObject *m, const char *fname);
+int vec_parse_rerank(vec_payload *p, PyObject *rerank, const char *fname);
+void vec_scan_topk(const vec_payload *p, const float *q, const float *inv,
+                   size_t nq, size_t r0, size_t r1, ol_topk *lists);
+void vec_scan_sims(const vec_payload *p, const float *q, const float *inv,
+                   size_t nq, size_t off, size_t r0, size_t r1, float *out,
+                   size_t stride);
+void vec_topk_write(const vec_payload *p, size_t qi, const float *q,
+                    ol_topk *merged);
+/* offloop._core._quantize(m, codes, scales, result) and its blocking
+ * twin: fill a QuantizedMatrix's arrays from m on the pool. */
+PyObject *vec_quantize(PyObject *module, PyObject *const *args,
+                       Py_ssize_t nargs, PyObject *kwnames);
+PyObject *vec_quantize_blocking(PyObject *module, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames);
 
 /* vec_testing.c: chunk gates of batch_normalize and of coalesced runs,
  * and the ISA switch. */

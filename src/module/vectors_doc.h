@@ -127,19 +127,28 @@ PyDoc_STRVAR(cosine_similarities_blocking_doc,
     "+-inf.\n\n" INPUTS_DOC NAN_DOC                                         \
     "Parameters\n----------\n"                                              \
     "q : array_like, float32, shape (D,) or (Q, D)\n"                       \
-    "m : array_like, float32, shape (N, D)\n"                               \
+    "m : array_like, float32, shape (N, D), or QuantizedMatrix\n"          \
+    "    offloop.quantize(m, 'bfloat16' | 'int8'): scores are cosines\n"     \
+    "    with the decoded unit rows; a row that held NaN/inf scores NaN.\n" \
     "k : int, default 10\n    From 1 to N.\n"                               \
     "normalized : bool, default False\n"                                    \
-    "    m's rows are already unit length: skip their norms (faster).\n\n"
+    "    m's rows are already unit length: skip their norms (faster).\n"   \
+    "rerank : array_like, float32, shape (N, D), optional\n"              \
+    "    Only with a QuantizedMatrix m: its float32 rows (a read-only\n"    \
+    "    memory map is fine).  The scan keeps min(N, 4k + 64)\n"            \
+    "    candidates, which are re-scored exactly against these rows;\n"    \
+    "    the k best are returned (README: why that many).\n\n"
 #define TOPK_DOC_TAIL                                                       \
     RAISES_HEAD                                                             \
     "TypeError\n    An argument is not float32/float64 data; k is not\n"   \
     "    an int.\n"                                                         \
     "ValueError\n    An argument is empty, of the wrong ndim or not\n"      \
-    "    C-contiguous; D differs; k is not in [1, N].\n\n"
+    "    C-contiguous; D differs; k is not in [1, N]; rerank is not of\n"   \
+    "    m's shape, or m is not quantized.\n\n"
 
 PyDoc_STRVAR(top_k_doc,
-             "top_k($module, q, m, k=10, *, normalized=False)\n--\n\n"
+             "top_k($module, q, m, k=10, *, normalized=False, rerank=None)\n"
+             "--\n\n"
              TOPK_DOC_HEAD
              "Returns\n-------\n"
              "asyncio.Future[tuple[numpy.ndarray, numpy.ndarray]]\n"
@@ -150,7 +159,8 @@ PyDoc_STRVAR(top_k_doc,
              ">>> scores, idx = await offloop.top_k(q, m, k=10)\n");
 
 PyDoc_STRVAR(top_k_blocking_doc,
-             "top_k_blocking($module, q, m, k=10, *, normalized=False)\n"
+             "top_k_blocking($module, q, m, k=10, *, normalized=False, "
+             "rerank=None)\n"
              "--\n\n" TOPK_DOC_HEAD
              "Returns\n-------\ntuple[numpy.ndarray, numpy.ndarray]\n"
              "    (scores, indices), as for the awaitable call.\n\n"

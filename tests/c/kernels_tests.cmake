@@ -19,3 +19,14 @@ set_tests_properties(kernels_isa_env_scalar
 add_test(NAME kernels_isa_env_neon COMMAND test_kernels)
 set_tests_properties(kernels_isa_env_neon
   PROPERTIES ENVIRONMENT "OFFLOOP_ISA=neon")
+
+# The quantized kernels (bfloat16, int8) on every ISA, against a double
+# reference computed from the codes.
+add_executable(test_quant ${CMAKE_CURRENT_LIST_DIR}/test_quant.c)
+target_link_libraries(test_quant PRIVATE ol_kernels)
+set_target_properties(test_quant PROPERTIES C_STANDARD 11)
+target_compile_options(test_quant PRIVATE ${OL_WARNINGS})
+if(UNIX)
+  target_link_libraries(test_quant PRIVATE m)
+endif()
+add_test(NAME quant_kernels COMMAND test_quant)
