@@ -215,7 +215,8 @@ def stream_reads():
 
     from offloop import _core
 
-    probe_buf = np.zeros(1024, np.uint64)
+    probe_buf = np.zeros(1032, np.uint64).view(np.uint8)
+    probe_buf = probe_buf[(-probe_buf.ctypes.data) % 64:][:8192]
     out = []
     for v, name in enumerate(_core._stream_read_names()):
         try:
@@ -224,7 +225,13 @@ def stream_reads():
             continue
 
         def fn(h, v=v):
-            _core._stream_read(h.reshape(-1).view(np.uint8), v)
+            flat = h.reshape(-1).view(np.uint8)
+            # The non-temporal loads need aligned addresses: a part that
+            # starts off a 64-byte boundary (the head Bandwidth.runs cuts
+            # before the first one) is read from that boundary on.
+            flat = flat[(-flat.ctypes.data) % 64:]
+            if flat.size:  # (an empty view keeps the unaligned address)
+                _core._stream_read(flat, v)
 
         fn.__name__ = f"read_{name}"
         out.append(fn)

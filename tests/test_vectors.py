@@ -605,6 +605,23 @@ def test_blocking_call_holds_and_releases_buffers():
     q.append(2.0)
 
 
+@pytest.mark.parametrize("d", [768, 1 << 20])  # inline, and on the pool
+def test_blocking_pair_cosine_releases_both_buffers_on_every_path(d):
+    a, b = array.array("f", [1.0] * d), array.array("f", [2.0] * d)
+    before = offloop.stats()["completed"]
+    assert offloop.blocking.cosine_similarity(a, b) == pytest.approx(1.0)
+    assert offloop.stats()["completed"] == before + 1
+    short = array.array("f", [1.0] * (d - 1))
+    with pytest.raises(ValueError, match="same length"):
+        offloop.blocking.cosine_similarity(a, short)
+    with pytest.raises(ValueError, match="b must be 1-D"):
+        offloop.blocking.cosine_similarity(a, np.ones((2, d), np.float32))
+    with pytest.raises(TypeError, match="b must be"):
+        offloop.blocking.cosine_similarity(a, "x")
+    for buf in (a, b, short):
+        buf.append(2.0)  # BufferError if a view were still held
+
+
 # ---------------------------------------------------------------- cancel
 
 
