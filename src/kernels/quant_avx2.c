@@ -12,6 +12,8 @@
  * exist in AVX2.
  */
 #include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
 
 #include "quant.h"
 
@@ -163,10 +165,265 @@ decode_int8(const void *m, size_t d, float *out)
     }
 }
 
-static const ol__qscan_ops bf16_ops = {dot_bf16,    block_bf16, RB, QB, 2,
-                                       decode_bf16, block_f32};
-static const ol__qscan_ops int8_ops = {dot_int8,    block_int8, RB, QB, 1,
-                                       decode_int8, block_f32};
+/* One query over int8 rows, in integers.  The float loop pays, per 8
+ * codes, a widening, a conversion and an FMA whose latency chains bound
+ * it; here, per 16 codes, a sign extension to 16 bits and one vpmaddwd
+ * against the query rounded once to 16-bit integers, summed in 32-bit
+ * lanes.  The query's step is chosen so that no lane can overflow (a
+ * lane sums ceil(d / 16) pairs of products of at most 127 * qmax), and
+ * qmax = 32767 up to d = 4128 rows: the rounding moves a score by at
+ * most sum|code * scale| * max|q| / (2 qmax), far below the int8 codes'
+ * own error (half a code step per element).  A query with a NaN or an
+ * infinity is left to the float loop (NULL). */
+typedef struct {
+    float unstep; /* query value = integer * unstep */
+    int16_t q[];  /* d values, then zeros to a multiple of 16 */
+} int8_query;
+
+static void *
+prepare_int8(const float *q, size_t d)
+{
+    size_t groups = (d + 15) / 16, j;
+    float amax = 0.0f;
+    double qmax;
+    int8_query *p;
+
+    for (j = 0; j < d; j++) {
+        float a = q[j] < 0.0f ? -q[j] : q[j];
+        amax = a > amax ? a : amax; /* NaN never compares greater */
+    }
+    for (j = 0; j < d; j++) {
+        if (q[j] - q[j] != 0.0f) {
+            return NULL; /* NaN or infinity */
+        }
+    }
+    qmax = (double)INT32_MAX / (254.0 * (double)groups);
+    qmax = qmax > 32767.0 ? 32767.0 : (double)(long)qmax;
+    if (qmax < 1.0 ||
+        (p = calloc(1, sizeof(*p) + groups * 16 * sizeof(int16_t))) == NULL) {
+        return NULL;
+    }
+    p->unstep = (float)((double)amax / qmax);
+    for (j = 0; j < d && amax > 0.0f; j++) { /* a zero query stays zeros */
+        p->q[j] = (int16_t)lrint((double)q[j] * qmax / (double)amax);
+    }
+    return p;
+}
+
+/* The sum of eight 32-bit lanes, which may not fit 32 bits: taken in
+ * double, where it is exact. */
+static inline double
+hsum_epi32(__m256i v)
+{
+    __m256d h = _mm256_add_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)),
+                              _mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)));
+    __m128d h2 = _mm_add_pd(_mm256_castpd256_pd128(h),
+                            _mm256_extractf128_pd(h, 1));
+    h2 = _mm_add_sd(h2, _mm_unpackhi_pd(h2, h2));
+    return _mm_cvtsd_f64(h2);
+}
+
+/* Prefetch distance of the one-query loop, in bytes of codes: a row or
+ * more ahead of the hardware prefetcher on 768-d rows. */
+#define PF_AHEAD 3072
+
+static float
+pdot_int8(const void *prepared, const void *m, size_t d)
+{
+    const int8_query *p = prepared;
+    const int8_t *c = m;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+    size_t j = 0;
+    int64_t sum = 0;
+
+    for (; j + 32 <= d; j += 32) {
+        _mm_prefetch((const char *)(c + j) + PF_AHEAD, _MM_HINT_T0);
+        __m256i c0 = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128((const __m128i *)(c + j)));
+        __m256i c1 = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128((const __m128i *)(c + j + 16)));
+        a0 = _mm256_add_epi32(
+            a0, _mm256_madd_epi16(
+                    c0, _mm256_loadu_si256((const __m256i *)(p->q + j))));
+        a1 = _mm256_add_epi32(
+            a1, _mm256_madd_epi16(c1, _mm256_loadu_si256(
+                                          (const __m256i *)(p->q + j + 16))));
+    }
+    for (; j + 16 <= d; j += 16) {
+        __m256i c0 = _mm256_cvtepi8_epi16(
+            _mm_loadu_si128((const __m128i *)(c + j)));
+        a0 = _mm256_add_epi32(
+            a0, _mm256_madd_epi16(
+                    c0, _mm256_loadu_si256((const __m256i *)(p->q + j))));
+    }
+    for (; j < d; j++) {
+        sum += (int64_t)c[j] * p->q[j];
+    }
+    /* a0 + a1 lane by lane stays within the bound (each lane sums at
+     * most ceil(d / 16) pairs). */
+    return (float)((hsum_epi32(_mm256_add_epi32(a0, a1)) + (double)sum) *
+                   p->unstep);
+}
+
+/* Several queries over int8 rows: a tile's codes are widened once to
+ * 16 bits (zero-padded to a multiple of 16), then each block of
+ * queries sweeps it with vpmaddwd, 16 multiply-adds an instruction where
+ * the float block does 8 an FMA.  Each lane of an accumulator sums
+ * ceil(d / 16) pairs, the bound prepare_int8 sized the queries for. */
+static size_t
+istride_int8(size_t d)
+{
+    return (d + 15) / 16 * 16 * sizeof(int16_t);
+}
+
+static void
+idecode_int8(const void *m, size_t d, void *out)
+{
+    const int8_t *c = m;
+    int16_t *o = out;
+    size_t j = 0, end = istride_int8(d) / sizeof(int16_t);
+
+    for (; j + 16 <= d; j += 16) {
+        _mm256_storeu_si256(
+            (__m256i *)(o + j),
+            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(c + j))));
+    }
+    for (; j < d; j++) {
+        o[j] = c[j];
+    }
+    for (; j < end; j++) {
+        o[j] = 0;
+    }
+}
+
+static void
+iblock_int8(const void *const *mr, const void *const *qc, size_t d,
+            float *dots)
+{
+    const int16_t *m0 = mr[0], *m1 = mr[1];
+    const int16_t *q[QB];
+    __m256i acc[QB][RB];
+    size_t j, end = istride_int8(d) / sizeof(int16_t);
+    int i;
+
+    _Pragma("GCC unroll 8")
+    for (i = 0; i < QB; i++) {
+        q[i] = ((const int8_query *)qc[i])->q;
+        acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    }
+    for (j = 0; j < end; j += 16) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(m0 + j));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(m1 + j));
+        _Pragma("GCC unroll 6")
+        for (i = 0; i < QB; i++) {
+            __m256i qv = _mm256_loadu_si256((const __m256i *)(q[i] + j));
+            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(qv, v0));
+            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(qv, v1));
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (i = 0; i < QB; i++) {
+        double unstep = ((const int8_query *)qc[i])->unstep;
+        dots[i * OL__RB_MAX] = (float)(hsum_epi32(acc[i][0]) * unstep);
+        dots[i * OL__RB_MAX + 1] = (float)(hsum_epi32(acc[i][1]) * unstep);
+    }
+}
+
+/* One query over bfloat16 rows.  Read as 32-bit words, 16 codes hold the
+ * odd elements in their top halves (a mask makes them floats) and the
+ * even ones in their bottom halves (a shift does): per 16 codes one load,
+ * one mask, one shift and two FMAs, against the query reordered once to
+ * match (per group of 16: its 8 even elements, then its 8 odd ones),
+ * instead of two widening loads, two shifts and two FMAs. */
+typedef struct {
+    size_t groups;
+    const float *q; /* the caller's query, for the d % 16 tail */
+    float g[];      /* groups * 16 reordered values */
+} bf16_query;
+
+static void *
+prepare_bf16(const float *q, size_t d)
+{
+    size_t groups = d / 16, g, k;
+    bf16_query *p = malloc(sizeof(*p) + groups * 16 * sizeof(float));
+
+    if (p == NULL) {
+        return NULL;
+    }
+    p->groups = groups;
+    p->q = q;
+    for (g = 0; g < groups; g++) {
+        for (k = 0; k < 8; k++) {
+            p->g[g * 16 + k] = q[g * 16 + 2 * k];
+            p->g[g * 16 + 8 + k] = q[g * 16 + 2 * k + 1];
+        }
+    }
+    return p;
+}
+
+static float
+pdot_bf16(const void *prepared, const void *m, size_t d)
+{
+    const bf16_query *p = prepared;
+    const uint16_t *c = m;
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t g = 0, j;
+    float tail = 0.0f;
+
+    for (; g + 2 <= p->groups; g += 2) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(c + g * 16));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(c + g * 16 + 16));
+        const float *qg = p->g + g * 16;
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
+                             _mm256_loadu_ps(qg), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
+                             _mm256_loadu_ps(qg + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)),
+                             _mm256_loadu_ps(qg + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)),
+                             _mm256_loadu_ps(qg + 24), a3);
+    }
+    for (; g < p->groups; g++) {
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(c + g * 16));
+        const float *qg = p->g + g * 16;
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
+                             _mm256_loadu_ps(qg), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
+                             _mm256_loadu_ps(qg + 8), a1);
+    }
+    for (j = p->groups * 16; j < d; j++) {
+        tail += p->q[j] * elem_bf16(m, j);
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) +
+           tail;
+}
+
+static const ol__qscan_ops bf16_ops = {
+    .dot = dot_bf16,
+    .block = block_bf16,
+    .rb = RB,
+    .qb = QB,
+    .esize = 2,
+    .decode = decode_bf16,
+    .fblock = block_f32,
+    .prepare = prepare_bf16,
+    .pdot = pdot_bf16,
+};
+static const ol__qscan_ops int8_ops = {
+    .dot = dot_int8,
+    .block = block_int8,
+    .rb = RB,
+    .qb = QB,
+    .esize = 1,
+    .decode = decode_int8,
+    .fblock = block_f32,
+    .prepare = prepare_int8,
+    .pdot = pdot_int8,
+    .idecode = idecode_int8,
+    .iblock = iblock_int8,
+    .istride = istride_int8,
+};
 
 OL__QSCAN_FUNCS(bf16_ops, int8_ops)
 

@@ -157,10 +157,24 @@ decode_int8(const void *m, size_t d, float *out)
     }
 }
 
-static const ol__qscan_ops bf16_ops = {dot_bf16,    block_bf16, RB, QB, 2,
-                                       decode_bf16, block_f32};
-static const ol__qscan_ops int8_ops = {dot_int8,    block_int8, RB, QB, 1,
-                                       decode_int8, block_f32};
+static const ol__qscan_ops bf16_ops = {
+    .dot = dot_bf16,
+    .block = block_bf16,
+    .rb = RB,
+    .qb = QB,
+    .esize = 2,
+    .decode = decode_bf16,
+    .fblock = block_f32,
+};
+static const ol__qscan_ops int8_ops = {
+    .dot = dot_int8,
+    .block = block_int8,
+    .rb = RB,
+    .qb = QB,
+    .esize = 1,
+    .decode = decode_int8,
+    .fblock = block_f32,
+};
 
 OL__QSCAN_FUNCS(bf16_ops, int8_ops)
 

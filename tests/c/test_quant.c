@@ -171,6 +171,68 @@ test_scan(ol_qtype t, size_t d)
     free(codes);
 }
 
+/* int8 at its extremes: rows of all +-127 codes and queries of one
+ * value, so that every 32-bit lane of the AVX2 integer path holds its
+ * largest sum, for d around the size where the query's 16-bit range
+ * starts to shrink (4128) and far past it.  Cosines must be +-1 to
+ * float rounding.  A zero query scores 0 and a NaN query NaN, without
+ * changing the scores of the queries scanned with them. */
+static void
+test_int8_extremes(void)
+{
+    static const size_t big[] = {768, 4128, 4144, 70001};
+    enum { NQX = 8, NR = 4 };
+
+    for (size_t b = 0; b < sizeof(big) / sizeof(big[0]); b++) {
+        size_t d = big[b];
+        float *x = malloc(NR * d * 4), *q = malloc(NQX * d * 4);
+        float sc[NR], inv[NQX], out[NQX * NR];
+        int8_t *codes = malloc(NR * d);
+        for (size_t j = 0; j < d; j++) {
+            x[j] = 3.0f;          /* row 0: +1 direction */
+            x[d + j] = -2.0f;     /* row 1: -1 */
+            x[2 * d + j] = 0.5f;  /* row 2: +1 */
+            x[3 * d + j] = -7.0f; /* row 3: -1 */
+        }
+        for (size_t i = 0; i < NQX; i++) {
+            for (size_t j = 0; j < d; j++) {
+                q[i * d + j] = i == 5 ? 0.0f : (float)(i + 1) * 0.25f;
+            }
+        }
+        ol_quantize_rows(OL_Q_INT8, x, codes, sc, d, 0, NR);
+        for (size_t nq = 1; nq <= NQX; nq += NQX - 1) {
+            for (int with_nan = 0; with_nan <= (nq > 1); with_nan++) {
+                q[6 * d + d / 2] = with_nan ? NAN : 7.0f * 0.25f;
+                for (size_t i = 0; i < nq; i++) {
+                    inv[i] = ol_inv_norm_f32(q + i * d, d);
+                }
+                ol_qscan_rows(OL_Q_INT8, q, inv, nq, codes, sc, d, 0, NR,
+                              out, NR, NULL);
+                for (size_t i = 0; i < nq; i++) {
+                    for (size_t r = 0; r < NR; r++) {
+                        float got = out[i * NR + r];
+                        double want = i == 5 ? 0.0 : r % 2 ? -1.0 : 1.0;
+                        if (i == 6 && with_nan) {
+                            CHECK(isnan(got), "d=%zu NaN query scored %g",
+                                  d, got);
+                        }
+                        else {
+                            /* float sums of d terms: test_scan's bound;
+                             * an overflow would be off by far more */
+                            CHECK(fabs(got - want) <= 1e-5 * (1 + sqrt(d)),
+                                  "d=%zu nq=%zu i=%zu r=%zu nan=%d: %g", d,
+                                  nq, i, r, with_nan, got);
+                        }
+                    }
+                }
+            }
+        }
+        free(x);
+        free(q);
+        free(codes);
+    }
+}
+
 int
 main(void)
 {
@@ -191,6 +253,7 @@ main(void)
             test_scan(OL_Q_BF16, dims[i]);
             test_scan(OL_Q_INT8, dims[i]);
         }
+        test_int8_extremes();
     }
     printf("quant: %d ISAs, %d checks, %d failed\n", ran, checks, failures);
     return failures != 0;
