@@ -54,7 +54,7 @@
  * forking thread survives) and bumps the fork generation.  Its first
  * submit starts new workers.
  */
-#include "internal.h"
+#include "pool_state.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -72,39 +72,7 @@
 /* A worker woken this soon after it fell asleep resets the spin budget. */
 #define OL_SPIN_RETRY_NS (2 * OL_SPIN_MAX_NS)
 
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t work_cond; /* idle workers wait here */
-    pthread_cond_t idle_cond; /* ol_pool_wait_idle(), shutdown */
-    pthread_cond_t space_cond; /* blocking submitters waiting for room */
-    ol__qnode_t queue;        /* (lock) circular, head node */
-    size_t queued;            /* (lock) jobs in OL_JOB_QUEUED */
-    /* Jobs started and not yet delivered.  Atomic: the worker decrements
-     * it after delivery, without the lock, so that ol_pool_wait_idle()
-     * returning means every job has reached its port or waiter. */
-    atomic_size_t running;
-    size_t max_queue;         /* (lock) 0: unbounded */
-    unsigned target;          /* (lock) configured size */
-    unsigned alive;           /* (lock) workers running */
-    /* Workers waiting on work_cond: written under the lock, read without
-     * it as a hint (a worker sharing a chunked job skips the lock when no
-     * worker is idle). */
-    atomic_uint idle;
-    atomic_uint idle_waiters; /* threads waiting on idle_cond */
-    atomic_uint space_waiters; /* threads waiting on space_cond */
-    int stopping;             /* (lock) ol_pool_shutdown() was called */
-    uint64_t submitted;       /* (lock) */
-    uint64_t started;         /* (lock) */
-    size_t max_batch;         /* (lock) 1: coalescing off */
-    uint64_t batches;         /* (lock) batches of two or more formed */
-    uint64_t batched;         /* (lock) jobs taken in those batches */
-    atomic_size_t pending;    /* queue length, for the spinner */
-    atomic_int spinning;      /* a worker is spinning */
-    atomic_long spin_ns;      /* current spin budget */
-    atomic_uint_fast64_t chunks;
-    atomic_uint generation;
-    void (*exit_hook)(void);
-} pool = {
+struct ol__pool_state ol__pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .queue = {&pool.queue, &pool.queue},
     .spin_ns = OL_SPIN_MAX_NS,
@@ -120,54 +88,6 @@ ol__fatal(const char *what, int err)
 {
     fprintf(stderr, "offloop: fatal: %s: %s\n", what, strerror(err));
     abort();
-}
-
-/* ---- queue (pool lock held) ---------------------------------------- */
-
-static int
-queue_empty(void)
-{
-    return pool.queue.next == &pool.queue;
-}
-
-static void
-queue_link(ol_job_t *job, int front)
-{
-    ol__qnode_t *n = &job->node;
-    ol__qnode_t *at = front ? &pool.queue : pool.queue.prev;
-
-    n->prev = at;
-    n->next = at->next;
-    at->next->prev = n;
-    at->next = n;
-    job->in_queue = 1;
-    atomic_fetch_add_explicit(&pool.pending, 1, memory_order_release);
-}
-
-static void
-queue_unlink(ol_job_t *job)
-{
-    job->node.prev->next = job->node.next;
-    job->node.next->prev = job->node.prev;
-    job->node.prev = job->node.next = NULL;
-    job->in_queue = 0;
-    atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_relaxed);
-}
-
-/* The bound is set and reached. */
-static int
-queue_full(void)
-{
-    return pool.max_queue != 0 && pool.queued >= pool.max_queue;
-}
-
-static ol_job_t *
-queue_pop(void)
-{
-    ol_job_t *job = container_of(pool.queue.next, ol_job_t, node);
-
-    queue_unlink(job);
-    return job;
 }
 
 /* ---- start-up, fork ------------------------------------------------ */
@@ -266,14 +186,6 @@ ol_pool_set_thread_exit_hook(void (*on_exit)(void))
 /* The mark ol_job_abandon() leaves in a job's waiter field; never waited
  * on. */
 static ol_waiter_t abandoned;
-
-static void
-set_status(ol_job_t *job, int err)
-{
-    int expected = 0;
-
-    atomic_compare_exchange_strong(&job->status, &expected, err);
-}
 
 /* The run should stop: the job is cancelled and, if it leads a batch,
  * so is every member. */
@@ -495,16 +407,6 @@ static int
 must_leave(void)
 {
     return pool.stopping || pool.alive > pool.target;
-}
-
-/* Pool lock held.  A queued job leaves the queue for a worker. */
-static void
-start_job(ol_job_t *job)
-{
-    job->state = OL_JOB_RUNNING;
-    pool.queued--;
-    atomic_fetch_add(&pool.running, 1);
-    pool.started++;
 }
 
 static int
