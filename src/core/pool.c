@@ -19,12 +19,8 @@
  * space.lock before it takes a port's lock.  A port's lock and a
  * waiter's lock are leaves, never held with another lock.
  *
- * Coalescing.  A job with a batch key (ol_batch_key_t) taken from the
- * queue takes the queued jobs with an equal key along (form_batch, under
- * the lock, at most max_batch of them); its worker calls batch_begin,
- * runs the leader's chunks for all, and end_job() delivers each member
- * with its own status.  No timer: companions exist only while the pool
- * is busy.
+ * Coalescing.  Queued jobs with an equal batch key run as one batch:
+ * batch.c.
  *
  * Chunks.  A job has nchunks pieces of work and a single queue node.  The
  * worker that takes a job claims chunks with an atomic counter; while
@@ -186,22 +182,6 @@ ol_pool_set_thread_exit_hook(void (*on_exit)(void))
 /* The mark ol_job_abandon() leaves in a job's waiter field; never waited
  * on. */
 static ol_waiter_t abandoned;
-
-/* The run should stop: the job is cancelled and, if it leads a batch,
- * so is every member. */
-int
-ol_job_stopped(ol_job_t *job)
-{
-    if (!ol_job_cancelled(job)) {
-        return 0;
-    }
-    for (ol_job_t *m = job->batch_next; m != NULL; m = m->batch_next) {
-        if (!ol_job_cancelled(m)) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Put the job back for an idle worker to join, if one is idle. */
 static void
@@ -409,53 +389,6 @@ must_leave(void)
     return pool.stopping || pool.alive > pool.target;
 }
 
-static int
-same_batch_key(const ol_job_t *a, const ol_job_t *b)
-{
-    return a->batch.tag == b->batch.tag &&
-           memcmp(a->batch.words, b->batch.words, sizeof(a->batch.words)) ==
-               0;
-}
-
-/* Pool lock held.  `leader` was just taken: take the queued jobs with its
- * key along (queue order), up to the batch bound.  Returns 1 if a batch
- * of two or more was formed.  The scan looks at BATCH_SCAN_MAX queue
- * entries at most, which bounds the time the lock is held behind a long
- * queue of other work. */
-#define BATCH_SCAN_MAX 4096
-static int
-form_batch(ol_job_t *leader)
-{
-    size_t max = pool.max_batch, seen = 0;
-    ol__qnode_t *n = pool.queue.next;
-    ol_job_t **tail = &leader->batch_next;
-
-    if (leader->batch.max != 0 && leader->batch.max < max) {
-        max = leader->batch.max;
-    }
-    while (n != &pool.queue && leader->batch_size < max &&
-           seen++ < BATCH_SCAN_MAX) {
-        ol_job_t *job = container_of(n, ol_job_t, node);
-        n = n->next;
-        if (job->state != OL_JOB_QUEUED || !same_batch_key(job, leader) ||
-            job->generation != leader->generation) {
-            continue;
-        }
-        queue_unlink(job);
-        start_job(job);
-        job->batch_member = 1;
-        *tail = job;
-        tail = &job->batch_next;
-        leader->batch_size++;
-    }
-    if (leader->batch_size < 2) {
-        return 0;
-    }
-    pool.batches++;
-    pool.batched += leader->batch_size;
-    return 1;
-}
-
 /* Pool lock held.  Pop the next job and count it as running; sets
  * *freed_slot when that freed a slot of a bounded queue, and *formed when
  * the job leads a batch just formed (the caller then runs its
@@ -472,23 +405,10 @@ take_job(int *freed_slot, int *formed)
         start_job(job);
         *freed_slot = pool.max_queue != 0;
         if (job->batch.tag != NULL && pool.max_batch > 1) {
-            *formed = form_batch(job);
+            *formed = ol__batch_form(job);
         }
     }
     return job;
-}
-
-/* Without locks, on the worker that formed the batch, before its chunks
- * run (so before share() can show the leader to another worker). */
-static void
-begin_batch(ol_job_t *leader)
-{
-    if (leader->batch_begin != NULL) {
-        int err = leader->batch_begin(leader);
-        if (err != 0) {
-            set_status(leader, err);
-        }
-    }
 }
 
 /* Pool lock held.  This worker is done with the job: is it the last? */
@@ -541,7 +461,7 @@ worker(void *arg)
                 note_space();
             }
             if (formed) {
-                begin_batch(job);
+                ol__batch_begin(job);
             }
             run_chunks(job);
             OL__CHECK(pthread_mutex_lock(&pool.lock));
