@@ -179,10 +179,6 @@ ol_pool_set_thread_exit_hook(void (*on_exit)(void))
 
 /* ---- workers ------------------------------------------------------- */
 
-/* The mark ol_job_abandon() leaves in a job's waiter field; never waited
- * on. */
-static ol_waiter_t abandoned;
-
 /* Put the job back for an idle worker to join, if one is idle. */
 static void
 share(ol_job_t *job)
@@ -221,69 +217,6 @@ run_chunks(ol_job_t *job)
     }
 }
 
-static void deliver(ol_job_t *job);
-static void note_delivered(void);
-
-/* The job's last worker: settle its status, then deliver it, and every
- * member of its batch (each with its own status: cancelled members get
- * OL_ECANCELED, the others the run's outcome). */
-static void
-end_job(ol_job_t *job)
-{
-    ol_job_t *member = job->batch_next;
-    int err = ol_job_status(job);
-
-    if (err == 0 && (atomic_load(&job->next_chunk) < job->nchunks ||
-                     ol_job_stopped(job))) {
-        err = OL_ECANCELED; /* stopped, or cancelled in time */
-    }
-    if (err == 0 && job->finish != NULL) {
-        err = job->finish(job);
-    }
-    /* Members first: the leader's owner may free it (and what its
-     * payload shares with the members) once it is delivered. */
-    while (member != NULL) {
-        ol_job_t *next = member->batch_next;
-        set_status(member, ol_job_cancelled(member) ? OL_ECANCELED : err);
-        deliver(member); /* member may be freed by its owner from here */
-        note_delivered();
-        member = next;
-    }
-    set_status(job, ol_job_cancelled(job) ? OL_ECANCELED : err);
-    deliver(job);
-}
-
-/* Hand a finished job to its port or waiter. */
-static void
-deliver(ol_job_t *job)
-{
-    if (job->port != NULL) {
-        ol__port_push(job->port, job);
-    }
-    else {
-        ol_waiter_t *w = atomic_exchange(&job->waiter, NULL);
-
-        if (w == &abandoned) {
-            ol__orphan_push(job); /* its caller stopped waiting */
-        }
-        else if (w != NULL) {
-            ol__waiter_wake(w);
-        }
-    }
-}
-
-int
-ol_job_abandon(ol_job_t *job)
-{
-    ol_waiter_t *w = atomic_exchange(&job->waiter, &abandoned);
-
-    if (w == NULL) { /* the worker took the waiter: it is waking it */
-        atomic_store(&job->waiter, NULL);
-        return 0;
-    }
-    return 1;
-}
-
 /* Pool lock held.  Called when a job leaves the running or queued set. */
 static void
 note_idle_maybe(void)
@@ -314,8 +247,8 @@ note_space(void)
 /* A worker delivered a job: it leaves the running set.  The decrement and
  * the load of idle_waiters pair with the waiter's increment and load of
  * running (both sequentially consistent), so one of them sees the other. */
-static void
-note_delivered(void)
+void
+ol__pool_note_delivered(void)
 {
     if (atomic_fetch_sub(&pool.running, 1) == 1 &&
         atomic_load(&pool.idle_waiters) > 0) {
@@ -472,8 +405,8 @@ worker(void *arg)
             }
             OL__CHECK(pthread_mutex_unlock(&pool.lock));
             if (last) {
-                end_job(job); /* job may be freed by its owner from here on */
-                note_delivered();
+                ol__job_end(job); /* its owner may free it from here on */
+                ol__pool_note_delivered();
             }
             job = next;
         }
@@ -752,8 +685,8 @@ ol_pool_shutdown(long timeout_ms, size_t *dropped)
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     while (orphaned != NULL) {
         ol_job_t *next = orphaned->done_next;
-        end_job(orphaned);
-        note_delivered();
+        ol__job_end(orphaned);
+        ol__pool_note_delivered();
         orphaned = next;
     }
     OL__CHECK(pthread_mutex_lock(&pool.lock));
@@ -786,25 +719,4 @@ ol_pool_stats(ol_pool_stats_t *out)
     out->max_batch = pool.max_batch;
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     out->chunks = atomic_load(&pool.chunks);
-}
-
-void
-ol_job_run_inline(ol_job_t *job)
-{
-    atomic_store_explicit(&job->status, 0, memory_order_relaxed);
-    atomic_store_explicit(&job->next_chunk, 0, memory_order_relaxed);
-    for (size_t i = 0; i < job->nchunks; i++) {
-        int err = job->work(job, i);
-        if (err != 0) {
-            set_status(job, err);
-            return;
-        }
-    }
-    atomic_store(&job->next_chunk, job->nchunks);
-    if (job->finish != NULL) {
-        int err = job->finish(job);
-        if (err != 0) {
-            set_status(job, err);
-        }
-    }
 }
