@@ -1,5 +1,11 @@
 /* The worker pool: one per process, shared by every event loop.
  *
+ * This file holds the pool's state, its start-up and fork handlers, and
+ * the calls that reach it from outside (configure, submit, kick, cancel,
+ * the waits for room and idle, shutdown, stats).  The workers are in
+ * worker.c, coalescing in batch.c, a job's end in deliver.c; the state
+ * and what those files call in each other are in pool_state.h.
+ *
  * DESIGN
  *
  * Ownership.  A job belongs to its submitter until ol_pool_submit()
@@ -8,9 +14,11 @@
  * when it returns 1 the pool has forgotten the job.
  *
  * Locking.  One mutex, pool.lock, guards the queue, every job's state,
- * in_queue and active fields, and the counters below marked (lock).  A
- * worker runs chunks and delivers jobs without it.  A worker never holds
- * the pool lock and a port lock at once.
+ * in_queue and active fields, and the fields of the pool's state marked
+ * (lock) (pool_state.h, which also says under which lock each function
+ * shared by the pool's files is called).  A worker runs chunks and
+ * delivers jobs without it.  A worker never holds the pool lock and a port
+ * lock at once.
  *
  * Lock order, the whole core: pool.lock, then port.c's orphans.lock,
  * then its space.lock; that whole chain is taken only by before_fork().
@@ -25,13 +33,13 @@
  * Chunks.  A chunked job's workers share its chunks: worker.c.
  *
  * Wake-ups.  An idle worker waits on work_cond.  One worker at a time may
- * spin for a short, adaptive time after its job before it sleeps, so that
- * a caller awaiting one job at a time does not pay a second cross-thread
- * wake-up.  A submitter signals unless a spinning worker will take its
- * job (the only one queued), or defers the signal to ol_pool_kick() (the
- * binding calls it once per loop tick).  The spinner clears `spinning`
- * before it takes the lock to look at the queue, so a job pushed while it
- * spins is never missed.
+ * spin for a short, adaptive time after its job before it sleeps (spin(),
+ * worker.c), so that a caller awaiting one job at a time does not pay a
+ * second cross-thread wake-up.  A submitter signals unless a spinning
+ * worker will take its job (the only one queued), or defers the signal to
+ * ol_pool_kick() (the binding calls it once per loop tick).  The spinner
+ * clears `spinning` before it takes the lock to look at the queue, so a
+ * job pushed while it spins is never missed.
  *
  * Room.  With max_queue set, a submit past the bound fails with OL_EAGAIN
  * and is never delivered.  Whoever frees a slot (a worker starting a job,

@@ -238,8 +238,8 @@ worker(void *arg)
     return NULL;
 }
 
-/* Pool lock held.  Start workers up to the target.  Returns 0, or the
- * error of pthread_create() if no worker runs at all. */
+/* Pool lock held.  Start workers up to the target.  Returns 0, or
+ * OL_ENOTHREAD if pthread_create() failed and no worker runs at all. */
 int
 ol__workers_start(void)
 {
