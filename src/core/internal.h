@@ -1,4 +1,6 @@
-/* Private to the core: what pool.c, port.c and waiter.c share. */
+/* Private to the core: what its files share (the pool's pool.c,
+ * worker.c, batch.c and deliver.c, and port.c, priority.c, waiter.c).
+ * The pool's own files also share pool_state.h. */
 #ifndef OFFLOOP_CORE_INTERNAL_H
 #define OFFLOOP_CORE_INTERNAL_H
 

@@ -1,5 +1,11 @@
 /* The worker pool: one per process, shared by every event loop.
  *
+ * This file holds the pool's state, its start-up and fork handlers, and
+ * the calls that reach it from outside (configure, submit, kick, cancel,
+ * the waits for room and idle, shutdown, stats).  The workers are in
+ * worker.c, coalescing in batch.c, a job's end in deliver.c; the state
+ * and what those files call in each other are in pool_state.h.
+ *
  * DESIGN
  *
  * Ownership.  A job belongs to its submitter until ol_pool_submit()
@@ -8,9 +14,11 @@
  * when it returns 1 the pool has forgotten the job.
  *
  * Locking.  One mutex, pool.lock, guards the queue, every job's state,
- * in_queue and active fields, and the counters below marked (lock).  A
- * worker runs chunks and delivers jobs without it.  A worker never holds
- * the pool lock and a port lock at once.
+ * in_queue and active fields, and the fields of the pool's state marked
+ * (lock) (pool_state.h, which also says under which lock each function
+ * shared by the pool's files is called).  A worker runs chunks and
+ * delivers jobs without it.  A worker never holds the pool lock and a port
+ * lock at once.
  *
  * Lock order, the whole core: pool.lock, then port.c's orphans.lock,
  * then its space.lock; that whole chain is taken only by before_fork().
@@ -19,27 +27,19 @@
  * space.lock before it takes a port's lock.  A port's lock and a
  * waiter's lock are leaves, never held with another lock.
  *
- * Coalescing.  A job with a batch key (ol_batch_key_t) taken from the
- * queue takes the queued jobs with an equal key along (form_batch, under
- * the lock, at most max_batch of them); its worker calls batch_begin,
- * runs the leader's chunks for all, and end_job() delivers each member
- * with its own status.  No timer: companions exist only while the pool
- * is busy.
+ * Coalescing.  Queued jobs with an equal batch key run as one batch:
+ * batch.c.
  *
- * Chunks.  A job has nchunks pieces of work and a single queue node.  The
- * worker that takes a job claims chunks with an atomic counter; while
- * chunks remain and some worker is idle it puts the node back at the front
- * of the queue, so idle workers join in.  The worker that leaves a job
- * with no other worker inside and the node out of the queue ends it.
+ * Chunks.  A chunked job's workers share its chunks: worker.c.
  *
  * Wake-ups.  An idle worker waits on work_cond.  One worker at a time may
- * spin for a short, adaptive time after its job before it sleeps, so that
- * a caller awaiting one job at a time does not pay a second cross-thread
- * wake-up.  A submitter signals unless a spinning worker will take its
- * job (the only one queued), or defers the signal to ol_pool_kick() (the
- * binding calls it once per loop tick).  The spinner clears `spinning`
- * before it takes the lock to look at the queue, so a job pushed while it
- * spins is never missed.
+ * spin for a short, adaptive time after its job before it sleeps (spin(),
+ * worker.c), so that a caller awaiting one job at a time does not pay a
+ * second cross-thread wake-up.  A submitter signals unless a spinning
+ * worker will take its job (the only one queued), or defers the signal to
+ * ol_pool_kick() (the binding calls it once per loop tick).  The spinner
+ * clears `spinning` before it takes the lock to look at the queue, so a
+ * job pushed while it spins is never missed.
  *
  * Room.  With max_queue set, a submit past the bound fails with OL_EAGAIN
  * and is never delivered.  Whoever frees a slot (a worker starting a job,
@@ -54,9 +54,8 @@
  * forking thread survives) and bumps the fork generation.  Its first
  * submit starts new workers.
  */
-#include "internal.h"
+#include "pool_state.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,52 +66,14 @@
 #include <sched.h>
 #endif
 
-#define OL_SPIN_MAX_NS OL__SPIN_MAX_NS /* spin at most 50 us after a job */
-#define OL_SPIN_MIN_NS OL__SPIN_MIN_NS
-/* A worker woken this soon after it fell asleep resets the spin budget. */
-#define OL_SPIN_RETRY_NS (2 * OL_SPIN_MAX_NS)
-
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t work_cond; /* idle workers wait here */
-    pthread_cond_t idle_cond; /* ol_pool_wait_idle(), shutdown */
-    pthread_cond_t space_cond; /* blocking submitters waiting for room */
-    ol__qnode_t queue;        /* (lock) circular, head node */
-    size_t queued;            /* (lock) jobs in OL_JOB_QUEUED */
-    /* Jobs started and not yet delivered.  Atomic: the worker decrements
-     * it after delivery, without the lock, so that ol_pool_wait_idle()
-     * returning means every job has reached its port or waiter. */
-    atomic_size_t running;
-    size_t max_queue;         /* (lock) 0: unbounded */
-    unsigned target;          /* (lock) configured size */
-    unsigned alive;           /* (lock) workers running */
-    /* Workers waiting on work_cond: written under the lock, read without
-     * it as a hint (a worker sharing a chunked job skips the lock when no
-     * worker is idle). */
-    atomic_uint idle;
-    atomic_uint idle_waiters; /* threads waiting on idle_cond */
-    atomic_uint space_waiters; /* threads waiting on space_cond */
-    int stopping;             /* (lock) ol_pool_shutdown() was called */
-    uint64_t submitted;       /* (lock) */
-    uint64_t started;         /* (lock) */
-    size_t max_batch;         /* (lock) 1: coalescing off */
-    uint64_t batches;         /* (lock) batches of two or more formed */
-    uint64_t batched;         /* (lock) jobs taken in those batches */
-    atomic_size_t pending;    /* queue length, for the spinner */
-    atomic_int spinning;      /* a worker is spinning */
-    atomic_long spin_ns;      /* current spin budget */
-    atomic_uint_fast64_t chunks;
-    atomic_uint generation;
-    void (*exit_hook)(void);
-} pool = {
+struct ol__pool_state ol__pool = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .queue = {&pool.queue, &pool.queue},
-    .spin_ns = OL_SPIN_MAX_NS,
+    .spin_ns = OL__SPIN_MAX_NS, /* spin at most (worker.c) */
     .max_batch = OL_DEFAULT_MAX_BATCH,
 };
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static _Thread_local int tls_in_worker;
 atomic_int ol__stopping;
 
 void
@@ -120,54 +81,6 @@ ol__fatal(const char *what, int err)
 {
     fprintf(stderr, "offloop: fatal: %s: %s\n", what, strerror(err));
     abort();
-}
-
-/* ---- queue (pool lock held) ---------------------------------------- */
-
-static int
-queue_empty(void)
-{
-    return pool.queue.next == &pool.queue;
-}
-
-static void
-queue_link(ol_job_t *job, int front)
-{
-    ol__qnode_t *n = &job->node;
-    ol__qnode_t *at = front ? &pool.queue : pool.queue.prev;
-
-    n->prev = at;
-    n->next = at->next;
-    at->next->prev = n;
-    at->next = n;
-    job->in_queue = 1;
-    atomic_fetch_add_explicit(&pool.pending, 1, memory_order_release);
-}
-
-static void
-queue_unlink(ol_job_t *job)
-{
-    job->node.prev->next = job->node.next;
-    job->node.next->prev = job->node.prev;
-    job->node.prev = job->node.next = NULL;
-    job->in_queue = 0;
-    atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_relaxed);
-}
-
-/* The bound is set and reached. */
-static int
-queue_full(void)
-{
-    return pool.max_queue != 0 && pool.queued >= pool.max_queue;
-}
-
-static ol_job_t *
-queue_pop(void)
-{
-    ol_job_t *job = container_of(pool.queue.next, ol_job_t, node);
-
-    queue_unlink(job);
-    return job;
 }
 
 /* ---- start-up, fork ------------------------------------------------ */
@@ -249,148 +162,7 @@ ol_fork_generation(void)
     return atomic_load(&pool.generation);
 }
 
-int
-ol_in_worker(void)
-{
-    return tls_in_worker;
-}
-
-void
-ol_pool_set_thread_exit_hook(void (*on_exit)(void))
-{
-    pool.exit_hook = on_exit;
-}
-
-/* ---- workers ------------------------------------------------------- */
-
-/* The mark ol_job_abandon() leaves in a job's waiter field; never waited
- * on. */
-static ol_waiter_t abandoned;
-
-static void
-set_status(ol_job_t *job, int err)
-{
-    int expected = 0;
-
-    atomic_compare_exchange_strong(&job->status, &expected, err);
-}
-
-/* The run should stop: the job is cancelled and, if it leads a batch,
- * so is every member. */
-int
-ol_job_stopped(ol_job_t *job)
-{
-    if (!ol_job_cancelled(job)) {
-        return 0;
-    }
-    for (ol_job_t *m = job->batch_next; m != NULL; m = m->batch_next) {
-        if (!ol_job_cancelled(m)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* Put the job back for an idle worker to join, if one is idle. */
-static void
-share(ol_job_t *job)
-{
-    if (atomic_load_explicit(&pool.idle, memory_order_relaxed) == 0) {
-        return; /* every worker is busy: keep the lock free for submits */
-    }
-    OL__CHECK(pthread_mutex_lock(&pool.lock));
-    if (atomic_load(&pool.idle) > 0 && !job->in_queue &&
-        !ol_job_stopped(job)) {
-        queue_link(job, 1);
-        OL__CHECK(pthread_cond_signal(&pool.work_cond));
-    }
-    OL__CHECK(pthread_mutex_unlock(&pool.lock));
-}
-
-static void
-run_chunks(ol_job_t *job)
-{
-    for (;;) {
-        if (ol_job_stopped(job) || ol_job_status(job) != 0) {
-            return;
-        }
-        size_t i = atomic_fetch_add(&job->next_chunk, 1);
-        if (i >= job->nchunks) {
-            return;
-        }
-        if (i + 1 < job->nchunks) {
-            share(job);
-        }
-        int err = job->work(job, i);
-        atomic_fetch_add_explicit(&pool.chunks, 1, memory_order_relaxed);
-        if (err != 0) {
-            set_status(job, err);
-        }
-    }
-}
-
-static void deliver(ol_job_t *job);
-static void note_delivered(void);
-
-/* The job's last worker: settle its status, then deliver it, and every
- * member of its batch (each with its own status: cancelled members get
- * OL_ECANCELED, the others the run's outcome). */
-static void
-end_job(ol_job_t *job)
-{
-    ol_job_t *member = job->batch_next;
-    int err = ol_job_status(job);
-
-    if (err == 0 && (atomic_load(&job->next_chunk) < job->nchunks ||
-                     ol_job_stopped(job))) {
-        err = OL_ECANCELED; /* stopped, or cancelled in time */
-    }
-    if (err == 0 && job->finish != NULL) {
-        err = job->finish(job);
-    }
-    /* Members first: the leader's owner may free it (and what its
-     * payload shares with the members) once it is delivered. */
-    while (member != NULL) {
-        ol_job_t *next = member->batch_next;
-        set_status(member, ol_job_cancelled(member) ? OL_ECANCELED : err);
-        deliver(member); /* member may be freed by its owner from here */
-        note_delivered();
-        member = next;
-    }
-    set_status(job, ol_job_cancelled(job) ? OL_ECANCELED : err);
-    deliver(job);
-}
-
-/* Hand a finished job to its port or waiter. */
-static void
-deliver(ol_job_t *job)
-{
-    if (job->port != NULL) {
-        ol__port_push(job->port, job);
-    }
-    else {
-        ol_waiter_t *w = atomic_exchange(&job->waiter, NULL);
-
-        if (w == &abandoned) {
-            ol__orphan_push(job); /* its caller stopped waiting */
-        }
-        else if (w != NULL) {
-            ol__waiter_wake(w);
-        }
-    }
-}
-
-int
-ol_job_abandon(ol_job_t *job)
-{
-    ol_waiter_t *w = atomic_exchange(&job->waiter, &abandoned);
-
-    if (w == NULL) { /* the worker took the waiter: it is waking it */
-        atomic_store(&job->waiter, NULL);
-        return 0;
-    }
-    return 1;
-}
+/* ---- room and idle: telling who waits ------------------------------ */
 
 /* Pool lock held.  Called when a job leaves the running or queued set. */
 static void
@@ -406,8 +178,8 @@ note_idle_maybe(void)
  * tell whoever waits for room.  Without the pool lock.  The waiters'
  * counters are read after the slot was freed and set before the waiters
  * look at the queue, so one side always sees the other. */
-static void
-note_space(void)
+void
+ol__pool_note_space(void)
 {
     if (atomic_load(&pool.space_waiters) > 0) {
         OL__CHECK(pthread_mutex_lock(&pool.lock));
@@ -422,8 +194,8 @@ note_space(void)
 /* A worker delivered a job: it leaves the running set.  The decrement and
  * the load of idle_waiters pair with the waiter's increment and load of
  * running (both sequentially consistent), so one of them sees the other. */
-static void
-note_delivered(void)
+void
+ol__pool_note_delivered(void)
 {
     if (atomic_fetch_sub(&pool.running, 1) == 1 &&
         atomic_load(&pool.idle_waiters) > 0) {
@@ -431,270 +203,6 @@ note_delivered(void)
         note_idle_maybe();
         OL__CHECK(pthread_mutex_unlock(&pool.lock));
     }
-}
-
-static long
-now_ns(void)
-{
-    struct timespec t;
-
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000L + t.tv_nsec;
-}
-
-static void
-spin(void)
-{
-    struct timespec t0, t;
-    long budget = atomic_load(&pool.spin_ns);
-    int found = 0;
-
-    if (atomic_exchange(&pool.spinning, 1)) {
-        return; /* another worker is already spinning */
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        if (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) {
-            found = 1;
-            break;
-        }
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        long ns = (t.tv_sec - t0.tv_sec) * 1000000000L +
-                  (t.tv_nsec - t0.tv_nsec);
-        if (ns >= budget) {
-            break;
-        }
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
-    /* Adapt: a spin that found work resets the budget to the most; each
-     * one that found none trims it by an eighth, so a caller awaiting one
-     * job at a time keeps its spinner while an idle pool stops burning
-     * CPU after a few dozen jobs. */
-    budget = found ? OL_SPIN_MAX_NS : budget - budget / 8;
-    budget = budget < OL_SPIN_MIN_NS ? OL_SPIN_MIN_NS : budget;
-    budget = budget > OL_SPIN_MAX_NS ? OL_SPIN_MAX_NS : budget;
-    atomic_store(&pool.spin_ns, budget);
-    atomic_store(&pool.spinning, 0);
-}
-
-long
-ol__pool_spin_budget_ns(void)
-{
-    return atomic_load(&pool.spin_ns);
-}
-
-unsigned
-ol__pool_idle_workers(void)
-{
-    return atomic_load(&pool.idle);
-}
-
-static int
-must_leave(void)
-{
-    return pool.stopping || pool.alive > pool.target;
-}
-
-/* Pool lock held.  A queued job leaves the queue for a worker. */
-static void
-start_job(ol_job_t *job)
-{
-    job->state = OL_JOB_RUNNING;
-    pool.queued--;
-    atomic_fetch_add(&pool.running, 1);
-    pool.started++;
-}
-
-static int
-same_batch_key(const ol_job_t *a, const ol_job_t *b)
-{
-    return a->batch.tag == b->batch.tag &&
-           memcmp(a->batch.words, b->batch.words, sizeof(a->batch.words)) ==
-               0;
-}
-
-/* Pool lock held.  `leader` was just taken: take the queued jobs with its
- * key along (queue order), up to the batch bound.  Returns 1 if a batch
- * of two or more was formed.  The scan looks at BATCH_SCAN_MAX queue
- * entries at most, which bounds the time the lock is held behind a long
- * queue of other work. */
-#define BATCH_SCAN_MAX 4096
-static int
-form_batch(ol_job_t *leader)
-{
-    size_t max = pool.max_batch, seen = 0;
-    ol__qnode_t *n = pool.queue.next;
-    ol_job_t **tail = &leader->batch_next;
-
-    if (leader->batch.max != 0 && leader->batch.max < max) {
-        max = leader->batch.max;
-    }
-    while (n != &pool.queue && leader->batch_size < max &&
-           seen++ < BATCH_SCAN_MAX) {
-        ol_job_t *job = container_of(n, ol_job_t, node);
-        n = n->next;
-        if (job->state != OL_JOB_QUEUED || !same_batch_key(job, leader) ||
-            job->generation != leader->generation) {
-            continue;
-        }
-        queue_unlink(job);
-        start_job(job);
-        job->batch_member = 1;
-        *tail = job;
-        tail = &job->batch_next;
-        leader->batch_size++;
-    }
-    if (leader->batch_size < 2) {
-        return 0;
-    }
-    pool.batches++;
-    pool.batched += leader->batch_size;
-    return 1;
-}
-
-/* Pool lock held.  Pop the next job and count it as running; sets
- * *freed_slot when that freed a slot of a bounded queue, and *formed when
- * the job leads a batch just formed (the caller then runs its
- * batch_begin before any chunk). */
-static ol_job_t *
-take_job(int *freed_slot, int *formed)
-{
-    ol_job_t *job = queue_pop();
-
-    job->active++;
-    *freed_slot = 0;
-    *formed = 0;
-    if (job->state == OL_JOB_QUEUED) {
-        start_job(job);
-        *freed_slot = pool.max_queue != 0;
-        if (job->batch.tag != NULL && pool.max_batch > 1) {
-            *formed = form_batch(job);
-        }
-    }
-    return job;
-}
-
-/* Without locks, on the worker that formed the batch, before its chunks
- * run (so before share() can show the leader to another worker). */
-static void
-begin_batch(ol_job_t *leader)
-{
-    if (leader->batch_begin != NULL) {
-        int err = leader->batch_begin(leader);
-        if (err != 0) {
-            set_status(leader, err);
-        }
-    }
-}
-
-/* Pool lock held.  This worker is done with the job: is it the last? */
-static int
-leave_job(ol_job_t *job)
-{
-    int last = --job->active == 0 && !job->in_queue &&
-               job->state != OL_JOB_DONE;
-
-    if (last) {
-        job->state = OL_JOB_DONE;
-    }
-    return last;
-}
-
-static void *
-worker(void *arg)
-{
-    (void)arg;
-    tls_in_worker = 1;
-    ol__priority_apply();
-    OL__CHECK(pthread_mutex_lock(&pool.lock));
-    for (;;) {
-        if (queue_empty() && !must_leave()) {
-            long slept_at = now_ns();
-            do {
-                atomic_fetch_add(&pool.idle, 1);
-                OL__CHECK(pthread_cond_wait(&pool.work_cond, &pool.lock));
-                atomic_fetch_sub(&pool.idle, 1);
-            } while (queue_empty() && !must_leave());
-            if (now_ns() - slept_at < OL_SPIN_RETRY_NS) {
-                /* Work came back soon after the spin gave up: a caller
-                 * awaiting one job at a time whose round trip outgrew the
-                 * shrunken budget.  Without this the budget could only
-                 * shrink, and such a caller stayed on the slow path of two
-                 * sleeping threads for good. */
-                atomic_store(&pool.spin_ns, OL_SPIN_MAX_NS);
-            }
-        }
-        if (must_leave()) {
-            break;
-        }
-        int freed_slot, formed;
-        ol_job_t *job = take_job(&freed_slot, &formed);
-        OL__CHECK(pthread_mutex_unlock(&pool.lock));
-        /* Back to back: leaving one job and taking the next is one turn
-         * of the lock, which small jobs feel. */
-        while (job != NULL) {
-            if (freed_slot) {
-                note_space();
-            }
-            if (formed) {
-                begin_batch(job);
-            }
-            run_chunks(job);
-            OL__CHECK(pthread_mutex_lock(&pool.lock));
-            int last = leave_job(job);
-            ol_job_t *next = NULL;
-            if (!queue_empty() && !must_leave()) {
-                next = take_job(&freed_slot, &formed);
-            }
-            OL__CHECK(pthread_mutex_unlock(&pool.lock));
-            if (last) {
-                end_job(job); /* job may be freed by its owner from here on */
-                note_delivered();
-            }
-            job = next;
-        }
-        if (atomic_load(&pool.pending) == 0) {
-            spin();
-        }
-        OL__CHECK(pthread_mutex_lock(&pool.lock));
-    }
-    pool.alive--;
-    OL__CHECK(pthread_cond_broadcast(&pool.idle_cond));
-    OL__CHECK(pthread_mutex_unlock(&pool.lock));
-    if (pool.exit_hook != NULL) {
-        pool.exit_hook();
-    }
-    return NULL;
-}
-
-/* Pool lock held.  Start workers up to the target.  Returns 0, or the
- * error of pthread_create() if no worker runs at all. */
-static int
-start_workers(void)
-{
-    pthread_attr_t attr;
-    sigset_t all, old;
-    int err = 0;
-
-    OL__CHECK(pthread_attr_init(&attr));
-    OL__CHECK(pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED));
-    /* Workers must not take signals meant for the interpreter's thread. */
-    sigfillset(&all);
-    OL__CHECK(pthread_sigmask(SIG_SETMASK, &all, &old));
-    while (pool.alive < pool.target) {
-        pthread_t tid;
-        err = pthread_create(&tid, &attr, worker, NULL);
-        if (err != 0) {
-            break;
-        }
-        pool.alive++;
-    }
-    OL__CHECK(pthread_sigmask(SIG_SETMASK, &old, NULL));
-    OL__CHECK(pthread_attr_destroy(&attr));
-    (void)err;
-    return pool.alive > 0 ? 0 : OL_ENOTHREAD;
 }
 
 /* ---- public -------------------------------------------------------- */
@@ -759,7 +267,7 @@ ol_pool_submit(ol_job_t *job, int defer_wake)
         goto done;
     }
     if (pool.alive < pool.target) {
-        rc = start_workers();
+        rc = ol__workers_start();
         if (rc < 0) {
             goto done;
         }
@@ -842,7 +350,7 @@ ol_job_cancel(ol_job_t *job)
     }
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     if (freed_slot) {
-        note_space();
+        ol__pool_note_space();
     }
     return ended;
 }
@@ -930,8 +438,8 @@ ol_pool_shutdown(long timeout_ms, size_t *dropped)
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     while (orphaned != NULL) {
         ol_job_t *next = orphaned->done_next;
-        end_job(orphaned);
-        note_delivered();
+        ol__job_end(orphaned);
+        ol__pool_note_delivered();
         orphaned = next;
     }
     OL__CHECK(pthread_mutex_lock(&pool.lock));
@@ -964,25 +472,4 @@ ol_pool_stats(ol_pool_stats_t *out)
     out->max_batch = pool.max_batch;
     OL__CHECK(pthread_mutex_unlock(&pool.lock));
     out->chunks = atomic_load(&pool.chunks);
-}
-
-void
-ol_job_run_inline(ol_job_t *job)
-{
-    atomic_store_explicit(&job->status, 0, memory_order_relaxed);
-    atomic_store_explicit(&job->next_chunk, 0, memory_order_relaxed);
-    for (size_t i = 0; i < job->nchunks; i++) {
-        int err = job->work(job, i);
-        if (err != 0) {
-            set_status(job, err);
-            return;
-        }
-    }
-    atomic_store(&job->next_chunk, job->nchunks);
-    if (job->finish != NULL) {
-        int err = job->finish(job);
-        if (err != 0) {
-            set_status(job, err);
-        }
-    }
 }

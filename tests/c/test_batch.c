@@ -1,4 +1,4 @@
-/* Tests of coalescing in the pool (src/core/pool.c): jobs with equal batch
+/* Tests of coalescing in the pool (src/core/batch.c): jobs with equal batch
  * keys queued together run as one batch, each member delivered on its own
  * with its own status.  Workers are held by blockers (gate_t) while the
  * members queue, so every case is deterministic.

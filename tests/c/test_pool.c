@@ -1,7 +1,7 @@
-/* Tests of the worker pool (src/core/pool.c): submit, chunks, errors,
- * cancel, resizing, max_queue, wait_idle, concurrent submitters, fork,
- * inline runs and, last, shutdown (it stops the pool for the rest of the
- * process).
+/* Tests of the worker pool (src/core/pool.c, worker.c, deliver.c):
+ * submit, chunks, errors, cancel, resizing, max_queue, wait_idle,
+ * concurrent submitters, fork, inline runs and, last, shutdown (it stops
+ * the pool for the rest of the process).
  *
  * Jobs that must stay running block on a gate_t the test opens; jobs that
  * must stay queued wait behind such blockers, so no case depends on
