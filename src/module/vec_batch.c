@@ -7,8 +7,9 @@
  * a batch key: its kind, the matrix's address and shape, k, `normalized`
  * and its row blocks (the plan); for a QuantizedMatrix also its code type
  * (beside d) and the re-rank matrix's address (beside `normalized`), so
- * that calls on the same codes with another rerank= never mix.  Jobs with equal keys that wait in the
- * queue together are taken as one batch by the pool (src/core/pool.c):
+ * that calls on the same codes with another rerank= never mix.  Jobs
+ * with equal keys that wait in the queue together are taken as one batch
+ * by the pool (src/core/batch.c):
  * the first is the leader.  Measured on this project's 2-core machine, 64
  * one-query scans of 200,000 x 768 cost 5.4x to 6.8x one 64-query scan:
  * each reads the 614 MB matrix alone, while the multi-query kernel keeps a
