@@ -156,9 +156,9 @@ def test_scores_match_reference_on_every_isa(data, isa, dtype):
 
 def score_bound(q, qm):
     """How far each score (nq x N) may be from ref_scores: float
-    rounding, plus, on the AVX2 int8 path, each query rounded to 16-bit
-    integers (at most half of max|q| / 32767 per element, times the
-    decoded row)."""
+    rounding, plus, on the AVX2 one-query int8 path, the query rounded to
+    16-bit integers (at most half of max|q| / 32767 per element, times
+    the decoded row)."""
     q = q.astype(np.float64)
     unit_max = np.abs(q).max(axis=1) / np.linalg.norm(q, axis=1)
     rounding = np.outer(unit_max, np.abs(decoded(qm)).sum(axis=1)) / 65534

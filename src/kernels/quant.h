@@ -27,13 +27,9 @@
  * esize: bytes per code.
  * decode: out[0..d) = the decoded row m (exact: codes widen exactly).
  * fblock: block over float32 rows (decoded ones).
- * prepare, pdot (optional): a scan may convert each query once
- *        (prepare returns it, malloc'd, or NULL to use the float path)
- *        and score a row from a converted query with pdot.
- * idecode, iblock, istride (optional, with prepare): the several-query
- *        path over converted queries: idecode widens a row into a tile
- *        of istride(d) bytes a row, iblock is block over such rows and
- *        converted queries (its dots already in the query's units). */
+ * prepare, pdot (optional): a one-query scan may convert the query once
+ *        (prepare returns it, malloc'd, or NULL to use dot) and score
+ *        each row from the converted query with pdot. */
 typedef struct {
     float (*dot)(const float *q, const void *m, size_t d);
     void (*block)(const void *const *mr, const float *const *qi, size_t d,
@@ -46,47 +42,7 @@ typedef struct {
                    float *dots);
     void *(*prepare)(const float *q, size_t d);
     float (*pdot)(const void *prepared, const void *m, size_t d);
-    void (*idecode)(const void *m, size_t d, void *out);
-    void (*iblock)(const void *const *mr, const void *const *qi, size_t d,
-                   float *dots);
-    size_t (*istride)(size_t d);
 } ol__qscan_ops;
-
-/* The several-query path's converted queries: one per query, or NULL
- * (no converter, no memory, or a query the converter refused: then every
- * query takes the float path, so a scan never mixes the two). */
-OL__INLINE void **
-ol__qprepare_all(const ol__qscan_ops *ops, const float *q, size_t nq,
-                 size_t d)
-{
-    void **pq;
-    size_t i;
-
-    if (ops->iblock == NULL || (pq = calloc(nq, sizeof(*pq))) == NULL) {
-        return NULL;
-    }
-    for (i = 0; i < nq; i++) {
-        if ((pq[i] = ops->prepare(q + i * d, d)) == NULL) {
-            while (i-- > 0) {
-                free(pq[i]);
-            }
-            free(pq);
-            return NULL;
-        }
-    }
-    return pq;
-}
-
-OL__INLINE void
-ol__qfree_all(void **pq, size_t nq)
-{
-    if (pq != NULL) {
-        for (size_t i = 0; i < nq; i++) {
-            free(pq[i]);
-        }
-        free(pq);
-    }
-}
 
 /* One implementation: a scan function per code type, with the arguments
  * of ol_qscan_rows in kernels.h. */
@@ -126,9 +82,10 @@ ol__bf16_to_f32(uint16_t h)
  * block instead costs the widening once per block of queries (11 times
  * for 64 queries) and measured 0.6-0.7x the float32 scan at 64 queries;
  * decoded once, the widening is paid once per row.  Without the scratch
- * (malloc failed) the scan widens in the block.  An ISA with an integer
- * block (ops->iblock) decodes the tile to its integer layout instead and
- * sweeps it with the converted queries. */
+ * (malloc failed) the scan widens in the block.  An integer block for
+ * int8 (vpmaddwd over codes widened to 16 bits, 16 multiply-adds an
+ * instruction) and a prefetch of the next tile were tried on AVX2 and
+ * measured no faster than this at 64 queries. */
 OL__INLINE void
 ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
           size_t nq, const void *codes, const float *scales, size_t d,
@@ -166,41 +123,24 @@ ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
         free(pq);
         return;
     }
-    void **pq = ol__qprepare_all(ops, q, nq, d);
-    /* Bytes per decoded row of the tile: float32, or the converted
-     * queries' own layout. */
-    const size_t dstride = pq != NULL ? ops->istride(d) : d * sizeof(float);
-    tile = OL__TILE_BYTES / (dstride + 1);
+    tile = OL__TILE_BYTES / (d * sizeof(float) + 1);
     tile = tile > OL__TILE_ROWS_MAX ? OL__TILE_ROWS_MAX : tile;
     tile -= tile % rb;
     tile = tile < rb ? rb : tile;
-    char *scratch = malloc(tile * dstride);
-    if (scratch == NULL && pq != NULL) {
-        ol__qfree_all(pq, nq); /* the integer block needs its tile */
-        pq = NULL;
-    }
+    float *scratch = malloc(tile * d * sizeof(float));
     for (t0 = row_begin; t0 < row_end; t0 += tile) {
         size_t nt = row_end - t0 < tile ? row_end - t0 : tile;
         size_t q0, r0;
         if (scratch != NULL) {
             for (r = 0; r < nt; r++) {
-                const char *row = m + (t0 + r) * row_bytes;
-                if (pq != NULL) {
-                    ops->idecode(row, d, scratch + r * dstride);
-                }
-                else {
-                    ops->decode(row, d, (float *)(scratch + r * dstride));
-                }
+                ops->decode(m + (t0 + r) * row_bytes, d, scratch + r * d);
             }
         }
         for (q0 = 0; q0 < nq; q0 += qb) {
             size_t nqb = nq - q0 < qb ? nq - q0 : qb;
             const float *qi[OL__QB_MAX];
-            const void *qc[OL__QB_MAX]; /* converted */
             for (i = 0; i < qb; i++) {
-                size_t at = q0 + (i < nqb ? i : nqb - 1);
-                qi[i] = q + at * d;
-                qc[i] = pq != NULL ? pq[at] : NULL;
+                qi[i] = q + (q0 + (i < nqb ? i : nqb - 1)) * d;
             }
             for (r0 = 0; r0 < nt; r0 += rb) {
                 size_t nrb = nt - r0 < rb ? nt - r0 : rb;
@@ -208,16 +148,10 @@ ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
                 for (r = 0; r < rb; r++) {
                     size_t at = r0 + (r < nrb ? r : nrb - 1);
                     mr[r] = scratch != NULL
-                                ? (const void *)(scratch + at * dstride)
+                                ? (const void *)(scratch + at * d)
                                 : (const void *)(m + (t0 + at) * row_bytes);
                 }
-                if (pq != NULL) {
-                    ops->iblock(mr, qc, d, dots);
-                }
-                else {
-                    (scratch != NULL ? ops->fblock : ops->block)(mr, qi, d,
-                                                                 dots);
-                }
+                (scratch != NULL ? ops->fblock : ops->block)(mr, qi, d, dots);
                 for (i = 0; i < nqb; i++) {
                     float qv = qinv[q0 + i];
                     for (r = 0; r < nrb; r++) {
@@ -231,7 +165,6 @@ ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
         }
     }
     free(scratch);
-    ol__qfree_all(pq, nq);
 }
 
 /* The two scan functions of one ISA file, from its ops. */

@@ -265,70 +265,6 @@ pdot_int8(const void *prepared, const void *m, size_t d)
                    p->unstep);
 }
 
-/* Several queries over int8 rows: a tile's codes are widened once to
- * 16 bits (zero-padded to a multiple of 16), then each block of
- * queries sweeps it with vpmaddwd, 16 multiply-adds an instruction where
- * the float block does 8 an FMA.  Each lane of an accumulator sums
- * ceil(d / 16) pairs, the bound prepare_int8 sized the queries for. */
-static size_t
-istride_int8(size_t d)
-{
-    return (d + 15) / 16 * 16 * sizeof(int16_t);
-}
-
-static void
-idecode_int8(const void *m, size_t d, void *out)
-{
-    const int8_t *c = m;
-    int16_t *o = out;
-    size_t j = 0, end = istride_int8(d) / sizeof(int16_t);
-
-    for (; j + 16 <= d; j += 16) {
-        _mm256_storeu_si256(
-            (__m256i *)(o + j),
-            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(c + j))));
-    }
-    for (; j < d; j++) {
-        o[j] = c[j];
-    }
-    for (; j < end; j++) {
-        o[j] = 0;
-    }
-}
-
-static void
-iblock_int8(const void *const *mr, const void *const *qc, size_t d,
-            float *dots)
-{
-    const int16_t *m0 = mr[0], *m1 = mr[1];
-    const int16_t *q[QB];
-    __m256i acc[QB][RB];
-    size_t j, end = istride_int8(d) / sizeof(int16_t);
-    int i;
-
-    _Pragma("GCC unroll 8")
-    for (i = 0; i < QB; i++) {
-        q[i] = ((const int8_query *)qc[i])->q;
-        acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-    }
-    for (j = 0; j < end; j += 16) {
-        __m256i v0 = _mm256_loadu_si256((const __m256i *)(m0 + j));
-        __m256i v1 = _mm256_loadu_si256((const __m256i *)(m1 + j));
-        _Pragma("GCC unroll 6")
-        for (i = 0; i < QB; i++) {
-            __m256i qv = _mm256_loadu_si256((const __m256i *)(q[i] + j));
-            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(qv, v0));
-            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(qv, v1));
-        }
-    }
-    _Pragma("GCC unroll 8")
-    for (i = 0; i < QB; i++) {
-        double unstep = ((const int8_query *)qc[i])->unstep;
-        dots[i * OL__RB_MAX] = (float)(hsum_epi32(acc[i][0]) * unstep);
-        dots[i * OL__RB_MAX + 1] = (float)(hsum_epi32(acc[i][1]) * unstep);
-    }
-}
-
 /* One query over bfloat16 rows.  Read as 32-bit words, 16 codes hold the
  * odd elements in their top halves (a mask makes them floats) and the
  * even ones in their bottom halves (a shift does): per 16 codes one load,
@@ -420,9 +356,6 @@ static const ol__qscan_ops int8_ops = {
     .fblock = block_f32,
     .prepare = prepare_int8,
     .pdot = pdot_int8,
-    .idecode = idecode_int8,
-    .iblock = iblock_int8,
-    .istride = istride_int8,
 };
 
 OL__QSCAN_FUNCS(bf16_ops, int8_ops)

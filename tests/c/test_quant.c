@@ -1,8 +1,9 @@
 /* Tests of the quantized kernels (src/kernels/quant*.c): quantize's codes
  * and NaN rows, then every ISA this CPU runs against the portable path,
  * forced with ol_kernels_force(), for both code types, one and several
- * queries, scores and top-k.  SIMD and portable paths differ only in
- * summation order: scores agree to 1e-5 relative to the sum of |terms|.
+ * queries, scores and top-k.  SIMD and portable paths differ in
+ * summation order (and AVX2's one-query int8 scan rounds the query to 16
+ * bits): scores agree to 1e-5 relative to the sum of |terms|.
  * Exit status 0 means every check passed.
  */
 #include <errno.h>
@@ -172,7 +173,7 @@ test_scan(ol_qtype t, size_t d)
 }
 
 /* int8 at its extremes: rows of all +-127 codes and queries of one
- * value, so that every 32-bit lane of the AVX2 integer path holds its
+ * value, so that every 32-bit lane of AVX2's one-query integer scan holds its
  * largest sum, for d around the size where the query's 16-bit range
  * starts to shrink (4128) and far past it.  Cosines must be +-1 to
  * float rounding.  A zero query scores 0 and a NaN query NaN, without
