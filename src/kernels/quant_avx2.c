@@ -223,8 +223,11 @@ hsum_epi32(__m256i v)
     return _mm_cvtsd_f64(h2);
 }
 
-/* Prefetch distance of the one-query loop, in bytes of codes: a row or
- * more ahead of the hardware prefetcher on 768-d rows. */
+/* Prefetch distance of the one-query int8 loop, in bytes of codes (four
+ * 768-d rows): measured 1.08-1.15x without it, 1 and 2 threads, 200,000
+ * x 768.  The same in the bfloat16 loop measured 0.9x, and in the
+ * float32 one-query scan 0.8x: their rows are long enough for the
+ * hardware prefetcher. */
 #define PF_AHEAD 3072
 
 static float
