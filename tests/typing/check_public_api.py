@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import sys
 from collections.abc import Callable
-from typing import Any, assert_type
+from typing import Any, Literal, assert_type
 
 import numpy as np
 import numpy.typing as npt
@@ -83,6 +83,17 @@ async def awaitables() -> None:
     assert_type(scores, npt.NDArray[np.float32])
     assert_type(indices, npt.NDArray[np.int64])
 
+    qm = await offloop.quantize(m, "int8")
+    assert_type(qm, offloop.QuantizedMatrix)
+    assert_type(qm.shape, tuple[int, int])
+    assert_type(qm.nbytes, int)
+    assert_type(qm.dtype, Literal["bfloat16", "int8"])
+    assert_type(await offloop.top_k(q, qm, 3), TopK)
+    assert_type(await offloop.top_k(qs, qm, 3, rerank=m), TopK)
+    assert_type(await offloop.cosine_similarities(q, qm), F32)
+    saved = offloop.QuantizedMatrix(**qm.arrays())
+    assert_type(saved, offloop.QuantizedMatrix)
+
     fut = offloop.top_k(q, m)
     assert_type(fut, offloop.Future[TopK])
     assert isinstance(fut, asyncio.Future)
@@ -110,6 +121,10 @@ def blocking() -> None:
     assert_type(offloop.blocking.cosine_similarities(q, m), F32)
     assert_type(offloop.blocking.top_k(q, m, k=3), TopK)
     assert_type(offloop.blocking.top_k(qs, unit, normalized=True), TopK)
+    qm = offloop.blocking.quantize(m, "bfloat16")
+    assert_type(qm, offloop.QuantizedMatrix)
+    assert_type(offloop.blocking.top_k(q, qm, 3, rerank=m), TopK)
+    assert_type(offloop.blocking.cosine_similarities(qs, qm), F32)
     assert_type(offloop.blocking.run(scale, m, by=2.0), F32)
     assert_type(offloop.blocking.run(sum, [1, 2]), int)
     assert_type(doubled.blocking(2.0), float)
@@ -141,6 +156,8 @@ def _rejected() -> None:
     doubled("2")  # type: ignore[arg-type]
     offloop.batched(double_all, max_batch="3")  # type: ignore[call-overload]
     offloop.batched(len)  # type: ignore[arg-type]
+    offloop.quantize(m, "float16")  # type: ignore[arg-type]
+    offloop.blocking.top_k(q, m, rerank="m")  # type: ignore[arg-type]
     x: str = offloop.blocking.cosine_similarity(q, q)  # type: ignore[assignment]
     del x
 
