@@ -7,7 +7,8 @@ import asyncio
 import pytest
 import pytest_asyncio
 
-from offloop import _testing
+from isas import ISAS
+from offloop import _core, _testing
 
 try:
     import uvloop
@@ -38,3 +39,11 @@ def no_leaked_jobs():
     yield
     assert _testing.wait_idle(30), "the pool did not go idle"
     assert _testing.live_jobs() == 0
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Each test that takes it runs once per ISA, forced, then restored."""
+    prev = _core._set_isa(request.param)
+    yield request.param
+    _core._set_isa(prev)

@@ -19,30 +19,6 @@ N, D = 4_000, 96  # big enough to go to the pool, small to stay quick
 DTYPES = ["bfloat16", "int8"]
 
 
-def _supported_isas():
-    prev = _core._isa()
-    out = []
-    try:
-        for name in ("scalar", "avx2", "avx512"):
-            try:
-                _core._set_isa(name)
-            except ValueError:
-                continue
-            out.append(name)
-    finally:
-        _core._set_isa(prev)
-    return out
-
-
-ISAS = _supported_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    prev = _core._set_isa(request.param)
-    yield request.param
-    _core._set_isa(prev)
-
 
 @pytest.fixture(scope="module")
 def data():

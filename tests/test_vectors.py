@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import offloop
+from isas import ISAS
 from offloop import _core, _testing
 
 try:
@@ -90,30 +91,6 @@ def api(request):
         loop.close()
     assert not errors, errors
 
-
-def _supported_isas():
-    prev = _core._isa()
-    out = []
-    try:
-        for name in ("scalar", "avx2", "avx512"):
-            try:
-                _core._set_isa(name)
-            except ValueError:
-                continue
-            out.append(name)
-    finally:
-        _core._set_isa(prev)
-    return out
-
-
-ISAS = _supported_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    prev = _core._set_isa(request.param)
-    yield request.param
-    _core._set_isa(prev)
 
 
 # ---------------------------------------------------------------- references
