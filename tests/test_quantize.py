@@ -141,6 +141,24 @@ def score_bound(q, qm):
     return 2e-6 + (rounding if qm.dtype == "int8" else 0.0 * rounding)
 
 
+@pytest.mark.parametrize("d", [768, 4096, 4112])
+def test_loaded_int8_codes_at_minus_128_scan_exactly(isa, d):
+    """quantize never writes -128, but codes loaded from a file may: every
+    ISA scores them like the reference (AVX2's integer one-query scan
+    sizes its lanes for them)."""
+    rng = np.random.default_rng(d)
+    codes = np.full((6, d), -128, np.int8)
+    codes[1::2] = rng.integers(-128, 128, (3, d), dtype=np.int8)
+    qm = offloop.QuantizedMatrix(codes, np.full(6, 0.01, np.float32))
+    q = np.abs(rng.standard_normal((2, d))).astype(np.float32)
+    q[0] = 1.0  # every element at the query's largest integer
+    ref = ref_scores(q, qm)
+    for nq in (1, 2):
+        got = blocking.cosine_similarities(q[:nq], qm)
+        np.testing.assert_array_less(np.abs(got - ref[:nq]),
+                                     score_bound(q[:nq], qm))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_top_k_matches_portable_path(data, isa, dtype):
     m, q = data

@@ -170,8 +170,9 @@ decode_int8(const void *m, size_t d, float *out)
  * it; here, per 16 codes, a sign extension to 16 bits and one vpmaddwd
  * against the query rounded once to 16-bit integers, summed in 32-bit
  * lanes.  The query's step is chosen so that no lane can overflow (a
- * lane sums ceil(d / 16) pairs of products of at most 127 * qmax), and
- * qmax = 32767 up to d = 4128 rows: the rounding moves a score by at
+ * lane sums ceil(d / 16) pairs of products of at most 128 * qmax: codes
+ * loaded from a file may hold -128, though quantize writes -127..127),
+ * and qmax = 32767 up to d = 4096: the rounding moves a score by at
  * most sum|code * scale| * max|q| / (2 qmax), far below the int8 codes'
  * own error (half a code step per element).  A query with a NaN or an
  * infinity is left to the float loop (NULL). */
@@ -197,7 +198,7 @@ prepare_int8(const float *q, size_t d)
             return NULL; /* NaN or infinity */
         }
     }
-    qmax = (double)INT32_MAX / (254.0 * (double)groups);
+    qmax = (double)INT32_MAX / (256.0 * (double)groups);
     qmax = qmax > 32767.0 ? 32767.0 : (double)(long)qmax;
     if (qmax < 1.0 ||
         (p = calloc(1, sizeof(*p) + groups * 16 * sizeof(int16_t))) == NULL) {
@@ -307,35 +308,40 @@ pdot_bf16(const void *prepared, const void *m, size_t d)
     const uint16_t *c = m;
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     size_t g = 0, j;
     float tail = 0.0f;
 
-    for (; g + 2 <= p->groups; g += 2) {
-        __m256i v0 = _mm256_loadu_si256((const __m256i *)(c + g * 16));
-        __m256i v1 = _mm256_loadu_si256((const __m256i *)(c + g * 16 + 16));
+    /* Eight chains: an FMA's latency is four cycles and two issue a
+     * cycle, so four chains would leave half the FMA slots idle. */
+#define BF16_STEP(v, qg, e, o)                                              \
+    e = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),     \
+                        _mm256_loadu_ps(qg), e);                           \
+    o = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v, hi)),      \
+                        _mm256_loadu_ps((qg) + 8), o)
+    for (; g + 4 <= p->groups; g += 4) {
+        const uint16_t *cg = c + g * 16;
         const float *qg = p->g + g * 16;
-        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
-                             _mm256_loadu_ps(qg), a0);
-        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
-                             _mm256_loadu_ps(qg + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v1, 16)),
-                             _mm256_loadu_ps(qg + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v1, hi)),
-                             _mm256_loadu_ps(qg + 24), a3);
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)cg);
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(cg + 16));
+        __m256i v2 = _mm256_loadu_si256((const __m256i *)(cg + 32));
+        __m256i v3 = _mm256_loadu_si256((const __m256i *)(cg + 48));
+        BF16_STEP(v0, qg, a0, a1);
+        BF16_STEP(v1, qg + 16, a2, a3);
+        BF16_STEP(v2, qg + 32, b0, b1);
+        BF16_STEP(v3, qg + 48, b2, b3);
     }
     for (; g < p->groups; g++) {
         __m256i v0 = _mm256_loadu_si256((const __m256i *)(c + g * 16));
-        const float *qg = p->g + g * 16;
-        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(v0, 16)),
-                             _mm256_loadu_ps(qg), a0);
-        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(v0, hi)),
-                             _mm256_loadu_ps(qg + 8), a1);
+        BF16_STEP(v0, p->g + g * 16, a0, a1);
     }
+#undef BF16_STEP
     for (j = p->groups * 16; j < d; j++) {
         tail += p->q[j] * elem_bf16(m, j);
     }
-    return hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) +
-           tail;
+    a0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    b0 = _mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3));
+    return hsum(_mm256_add_ps(a0, b0)) + tail;
 }
 
 static const ol__qscan_ops bf16_ops = {
