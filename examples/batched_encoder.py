@@ -18,7 +18,7 @@ import offloop
 
 rng = np.random.default_rng(0)
 WEIGHTS = rng.standard_normal((512, 256), dtype=np.float32)
-calls = []
+calls: list[int] = []  # the batch size of each encoder call
 
 
 @offloop.batched(max_batch=64)

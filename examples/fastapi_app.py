@@ -46,20 +46,28 @@ import argparse
 import asyncio
 import contextlib
 import os
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Annotated, Any, Self, TypeVar
 
 import numpy
+import numpy.typing as npt
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, FiniteFloat, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import offloop
 
 try:
     import native_ext
 except ImportError:  # the seed endpoints answer 503 until it is built
-    native_ext = None
+    HAVE_NATIVE_EXT = False
+else:
+    HAVE_NATIVE_EXT = True
+
+T = TypeVar("T")
+Floats32 = npt.NDArray[numpy.float32]
 
 #: Rows and dimension of the search matrix (OFFLOOP_DEMO_ROWS overrides
 #: the rows, e.g. for tests).
@@ -74,7 +82,7 @@ MAX_ERRORS = 20  # validation errors listed in a 422
 class NativeError(Exception):
     """A native call refused its input, or offloop could not take it."""
 
-    def __init__(self, status, message):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
@@ -86,7 +94,7 @@ class BodyTooLarge(HTTPException):
     """413.  An HTTPException, because FastAPI turns any other exception
     raised while it reads the body into a 400."""
 
-    def __init__(self, limit):
+    def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body is over this app's limit "
                               f"of {limit} bytes")
 
@@ -101,11 +109,12 @@ class BodyLimit:
     uvicorn reads and discards whatever the client still sends.
     """
 
-    def __init__(self, app, max_bytes):
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive,
+                       send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.max_bytes
@@ -117,7 +126,7 @@ class BodyLimit:
         received = 0
         started = False
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -126,7 +135,7 @@ class BodyLimit:
                     raise BodyTooLarge(limit)
             return message
 
-        async def watching_send(message):
+        async def watching_send(message: Message) -> None:
             nonlocal started
             started = True
             await send(message)
@@ -140,7 +149,7 @@ class BodyLimit:
             await response(scope, receive, send)
 
 
-def content_length(scope):
+def content_length(scope: Scope) -> int | None:
     """The request's Content-Length header as an int, or None."""
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -151,7 +160,8 @@ def content_length(scope):
     return None
 
 
-async def validation_error(request: Request, exc: RequestValidationError):
+async def validation_error(request: Request,
+                           exc: RequestValidationError) -> JSONResponse:
     """422 with each error's location, message and type: never the input
     (pydantic's default puts it in every error, a 50 MB body included),
     and at most MAX_ERRORS of them."""
@@ -164,8 +174,10 @@ async def validation_error(request: Request, exc: RequestValidationError):
 # ---- native calls ------------------------------------------------------
 
 
-async def native(fn, *args, request=None, **kwargs):
-    """Await ``fn(*args, **kwargs)``; map its errors to HTTP statuses.
+async def native(call: Callable[[], asyncio.Future[T]],
+                 request: Request | None = None) -> T:
+    """Await ``call()``, a native call such as
+    ``lambda: offloop.top_k(q, m, k=k)``; map its errors to HTTP statuses.
 
     Bad input (TypeError, ValueError, OverflowError, raised at the call or
     by the job) becomes 422; RuntimeError (queue full, shutting down)
@@ -174,7 +186,7 @@ async def native(fn, *args, request=None, **kwargs):
     (see :func:`cancel_on_disconnect`).
     """
     try:
-        fut = fn(*args, **kwargs)
+        fut = call()
         if request is None or fut.done():
             return await fut
         return await cancel_on_disconnect(request, fut)
@@ -184,7 +196,8 @@ async def native(fn, *args, request=None, **kwargs):
         raise NativeError(503, str(exc)) from exc
 
 
-async def cancel_on_disconnect(request, fut):
+async def cancel_on_disconnect(request: Request,
+                               fut: asyncio.Future[T]) -> T:
     """Await ``fut``; cancel it if the client disconnects first.
 
     uvicorn does not cancel an endpoint whose client went away: without
@@ -199,7 +212,7 @@ async def cancel_on_disconnect(request, fut):
     """
     gone = False
 
-    async def watch():
+    async def watch() -> None:
         nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass  # the rest of a body the endpoint did not read
@@ -217,7 +230,8 @@ async def cancel_on_disconnect(request, fut):
         watcher.cancel()
 
 
-def scaled(values, name):
+def scaled(values: Sequence[float] | Sequence[Sequence[float]],
+           name: str) -> Floats32:
     """``values`` (a vector, or rows) as float32, each vector divided by
     its largest magnitude.
 
@@ -237,14 +251,13 @@ def scaled(values, name):
     return x.astype(numpy.float32)
 
 
-def need_native_ext():
-    if native_ext is None:
+def need_native_ext() -> None:
+    if not HAVE_NATIVE_EXT:
         raise HTTPException(503, "native_ext is not installed: pip install "
                                  "--no-build-isolation ./examples/native_ext")
-    return native_ext
 
 
-def make_matrix(rows, dim, seed):
+def make_matrix(rows: int, dim: int, seed: int) -> Floats32:
     """Seeded random float32 vectors, shape (rows, dim), not yet unit."""
     rng = numpy.random.default_rng(seed)
     return rng.standard_normal((rows, dim), dtype=numpy.float32)
@@ -282,7 +295,7 @@ class Query(BaseModel):
     k: int = Field(10, ge=1, le=1000)
 
     @model_validator(mode="after")
-    def one_query(self):
+    def one_query(self) -> Self:
         if (self.query is None) == (self.like is None):
             raise ValueError("give exactly one of 'query' and 'like'")
         return self
@@ -317,12 +330,14 @@ class SearchResults(BaseModel):
     results: list[Hit]
 
     @classmethod
-    def of(cls, scores, indices):
+    def of(cls, scores: npt.NDArray[numpy.floating[Any]],
+           indices: npt.NDArray[numpy.integer[Any]]) -> Self:
         return cls(results=[Hit(index=i, score=s) for i, s in
                             zip(indices.tolist(), scores.tolist())])
 
 
-def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
+def create_app(rows: int | None = None, dim: int = DIM, seed: int = SEED,
+               max_body: int = MAX_BODY) -> FastAPI:
     """The application; the search matrix is built by its lifespan.
 
     Parameters
@@ -337,7 +352,7 @@ def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
     """
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         n = rows or int(os.environ.get("OFFLOOP_DEMO_ROWS", ROWS))
         matrix = make_matrix(n, dim, seed)
         # Unit rows, so that top_k can skip the norms (normalized=True).
@@ -347,62 +362,70 @@ def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
 
     app = FastAPI(title="offloop demo", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=max_body)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    # The decorator's form: Starlette's add_exception_handler() types a
+    # handler as taking any Exception, not the class it is registered for.
+    app.exception_handler(RequestValidationError)(validation_error)
 
     @app.exception_handler(NativeError)
-    async def native_error(request: Request, exc: NativeError):
+    async def native_error(request: Request, exc: NativeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
-    @app.get("/calc/{n}")
-    async def calc(n: int):
-        ext = need_native_ext()
-        return {"n": n, "result": await native(ext.double, n)}
+    # response_model=None: FastAPI sends these dicts as they are; without
+    # it, it would make a response model of the return annotation and
+    # validate every answer against it.
+
+    @app.get("/calc/{n}", response_model=None)
+    async def calc(n: int) -> dict[str, int]:
+        need_native_ext()
+        return {"n": n, "result": await native(lambda: native_ext.double(n))}
 
     @app.post("/process-numbers")
     async def process_numbers(body: Numbers, request: Request) -> Processed:
-        ext = need_native_ext()
-        out = await native(ext.process_numbers, body.numbers,
-                           rounds=body.rounds, request=request)
+        need_native_ext()
+        out = await native(lambda: native_ext.process_numbers(
+            body.numbers, rounds=body.rounds), request)
         return Processed(results=out.tolist())
 
-    @app.get("/sum-squares")
-    async def sum_squares(a: int, b: int):
-        ext = need_native_ext()
-        return {"a": a, "b": b, "result": await native(ext.sum_squares, a, b)}
+    @app.get("/sum-squares", response_model=None)
+    async def sum_squares(a: int, b: int) -> dict[str, int]:
+        need_native_ext()
+        return {"a": a, "b": b,
+                "result": await native(lambda: native_ext.sum_squares(a, b))}
 
     @app.post("/similarity")
     async def similarity(body: Pair) -> Similarity:
+        a, b = scaled(body.a, "a"), scaled(body.b, "b")
         return Similarity(similarity=await native(
-            offloop.cosine_similarity, scaled(body.a, "a"),
-            scaled(body.b, "b")))
+            lambda: offloop.cosine_similarity(a, b)))
 
     @app.post("/normalize")
     async def normalize(body: Vectors, request: Request) -> Normalized:
         x = scaled(body.vectors, "vectors")  # a new array: ours to reuse
-        out = await native(offloop.batch_normalize, x, out=x,
-                           request=request)
+        out = await native(lambda: offloop.batch_normalize(x, out=x),
+                           request)
         return Normalized(vectors=out.tolist())
 
     @app.post("/search")
     async def search(body: Query, request: Request) -> SearchResults:
-        matrix = request.app.state.matrix
+        matrix: Floats32 = request.app.state.matrix
         if body.like is not None and body.like >= len(matrix):
             raise HTTPException(422, f"like must be below {len(matrix)}")
         if body.like is not None:
             query = matrix[body.like]  # a unit row already
         else:
+            assert body.query is not None  # Query.one_query checked it
             query = scaled(body.query, "query")
         k = min(body.k, len(matrix))
-        scores, idx = await native(offloop.top_k, query, matrix, k=k,
-                                   normalized=True, request=request)
+        scores, idx = await native(lambda: offloop.top_k(
+            query, matrix, k=k, normalized=True), request)
         return SearchResults.of(scores, idx)
 
-    @app.get("/health")
-    async def health():
+    @app.get("/health", response_model=None)
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/stats")
-    async def stats():
+    @app.get("/stats", response_model=None)
+    async def stats() -> dict[str, int]:
         return offloop.stats()
 
     return app
@@ -411,7 +434,7 @@ def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
 app = create_app()
 
 
-def curl_lines(base):
+def curl_lines(base: str) -> list[str]:
     """Commands to try against a running server."""
     return [
         f"curl {base}/calc/21",
@@ -426,10 +449,11 @@ def curl_lines(base):
     ]
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--rows", type=int, default=None,
                         help="rows of the search matrix (default 100000)")
@@ -438,7 +462,7 @@ def main(argv=None):
                              f"(default {MAX_BODY})")
     args = parser.parse_args(argv)
     base = f"http://127.0.0.1:{args.port}"
-    if native_ext is None:
+    if not HAVE_NATIVE_EXT:
         print("native_ext is missing (its endpoints answer 503): "
               "pip install --no-build-isolation ./examples/native_ext")
     print(f"offloop demo on {base} (Ctrl-C stops it). Try:\n")

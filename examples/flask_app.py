@@ -24,16 +24,25 @@ Run it (Flask's development server on 127.0.0.1:5000)::
 import argparse
 import math
 import os
+from collections.abc import Sequence
+from types import EllipsisType
+from typing import Any, TypeVar
 
 import numpy
-from flask import Flask, abort, current_app, jsonify, request
+import numpy.typing as npt
+from flask import Flask, Response, abort, current_app, jsonify, request
 
 import offloop
 
 try:
     import native_ext
 except ImportError:  # the seed endpoints answer 503 until it is built
-    native_ext = None
+    HAVE_NATIVE_EXT = False
+else:
+    HAVE_NATIVE_EXT = True
+
+T = TypeVar("T")
+Floats32 = npt.NDArray[numpy.float32]
 
 ROWS = 100_000
 DIM = 384
@@ -45,21 +54,22 @@ class BadRequest(Exception):
     """Invalid input: answered with 422 and the message."""
 
 
-def _native_ext():
-    if native_ext is None:
+def _need_native_ext() -> None:
+    if not HAVE_NATIVE_EXT:
         raise LookupError("native_ext is not installed: pip install "
                           "--no-build-isolation ./examples/native_ext")
-    return native_ext.blocking
 
 
-def _int(value, name):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be an integer") from None
+def _int(value: str | None, name: str) -> int:
+    if value is not None:  # None: the query parameter is missing
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise BadRequest(f"{name} must be an integer")
 
 
-def _body():
+def _body() -> dict[str, Any]:
     # Werkzeug refuses a Content-Length over MAX_CONTENT_LENGTH with 413,
     # but cuts a chunked body there without a word: the limit is set one
     # byte higher, and a body that reaches it is refused here.
@@ -71,18 +81,19 @@ def _body():
     return body
 
 
-def _field(body, name, kind, default=...):
+def _field(body: dict[str, Any], name: str, kind: type[T],
+           default: T | EllipsisType = ...) -> T:
     if name not in body:
-        if default is ...:
+        if isinstance(default, EllipsisType):
             raise BadRequest(f"missing field {name!r}")
         return default
-    value = body[name]
+    value: object = body[name]
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BadRequest(f"field {name!r} has the wrong type")
     return value
 
 
-def _vector(value, name):
+def _vector(value: object, name: str) -> list[float]:
     """A non-empty list of finite numbers (json parses 1e309 to inf and
     accepts NaN and Infinity)."""
     if not isinstance(value, list) or not value:
@@ -99,7 +110,8 @@ def _vector(value, name):
     return value
 
 
-def _scaled(values, name):
+def _scaled(values: Sequence[float] | Sequence[Sequence[float]],
+            name: str) -> Floats32:
     """``values`` (a vector, or rows) as float32, each vector divided by
     its largest magnitude: the float32 kernels' squares neither overflow
     nor underflow, and cosines and unit vectors do not depend on the
@@ -116,7 +128,8 @@ def _scaled(values, name):
     return x.astype(numpy.float32)
 
 
-def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
+def create_app(rows: int | None = None, dim: int = DIM, seed: int = SEED,
+               max_body: int = MAX_BODY) -> Flask:
     """The application, with its search matrix of unit vectors; request
     bodies over ``max_body`` bytes get 413."""
     app = Flask(__name__)
@@ -132,49 +145,53 @@ def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
     @app.errorhandler(TypeError)
     @app.errorhandler(ValueError)
     @app.errorhandler(OverflowError)
-    def bad_input(exc):
+    def bad_input(exc: Exception) -> tuple[Response, int]:
         return jsonify(detail=str(exc)), 422
 
     @app.errorhandler(413)
-    def too_large(exc):
+    def too_large(exc: Exception) -> tuple[Response, int]:
         return jsonify(detail=f"the request body is over this app's limit "
                               f"of {max_body} bytes"), 413
 
     @app.errorhandler(LookupError)
     @app.errorhandler(RuntimeError)
-    def unavailable(exc):
+    def unavailable(exc: Exception) -> tuple[Response, int]:
         return jsonify(detail=str(exc)), 503
 
     @app.get("/calc/<n>")
-    def calc(n):
-        n = _int(n, "n")
-        return jsonify(n=n, result=_native_ext().double(n))
+    def calc(n: str) -> Response:
+        value = _int(n, "n")
+        _need_native_ext()
+        return jsonify(n=value, result=native_ext.blocking.double(value))
 
     @app.post("/process-numbers")
-    def process_numbers():
+    def process_numbers() -> Response:
         body = _body()
         numbers = _field(body, "numbers", list)
         rounds = _field(body, "rounds", int, 1000)
         if not 0 <= rounds <= 1_000_000:
             raise BadRequest("rounds must be between 0 and 1000000")
-        out = _native_ext().process_numbers(numbers, rounds=rounds)
+        _need_native_ext()
+        out = native_ext.blocking.process_numbers(numbers, rounds=rounds)
         return jsonify(results=out.tolist())
 
     @app.get("/sum-squares")
-    def sum_squares():
+    def sum_squares() -> Response:
         a = _int(request.args.get("a"), "a")
         b = _int(request.args.get("b"), "b")
-        return jsonify(a=a, b=b, result=_native_ext().sum_squares(a, b))
+        _need_native_ext()
+        return jsonify(a=a, b=b,
+                       result=native_ext.blocking.sum_squares(a, b))
 
     @app.post("/similarity")
-    def similarity():
+    def similarity() -> Response:
         body = _body()
         a = _scaled(_vector(_field(body, "a", list), "a"), "a")
         b = _scaled(_vector(_field(body, "b", list), "b"), "b")
         return jsonify(similarity=offloop.blocking.cosine_similarity(a, b))
 
     @app.post("/normalize")
-    def normalize():
+    def normalize() -> Response:
         vectors = _field(_body(), "vectors", list)
         if not vectors:
             raise BadRequest("vectors must be a non-empty list of rows")
@@ -184,9 +201,9 @@ def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
             vectors=offloop.blocking.batch_normalize(x, out=x).tolist())
 
     @app.post("/search")
-    def search():
+    def search() -> Response:
         body = _body()
-        m = app.config["MATRIX"]
+        m: Floats32 = app.config["MATRIX"]
         k = _field(body, "k", int, 10)
         if "like" in body:
             like = _field(body, "like", int)
@@ -204,18 +221,19 @@ def create_app(rows=None, dim=DIM, seed=SEED, max_body=MAX_BODY):
                                 for i, s in zip(idx, scores)])
 
     @app.get("/health")
-    def health():
+    def health() -> Response:
         return jsonify(status="ok")
 
     @app.get("/stats")
-    def stats():
+    def stats() -> Response:
         return jsonify(offloop.stats())
 
     return app
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--max-body", type=int, default=MAX_BODY)
