@@ -36,9 +36,10 @@ ran it, which tests/test_pipeline.py checks.
 """
 
 import os
+from typing import Any, TypedDict
 
 import numpy as np
-from celery import Celery, signals
+from celery import Celery, Task, signals
 
 import offloop
 import offloop.blocking
@@ -67,7 +68,17 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
-RETRY = {
+
+class RetryOptions(TypedDict):
+    """Celery's automatic retry options, as app.task() takes them."""
+    autoretry_for: tuple[type[BaseException], ...]
+    dont_autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: int
+    retry_backoff_max: int
+    max_retries: int
+
+
+RETRY: RetryOptions = {
     "autoretry_for": (OSError,),
     "dont_autoretry_for": (FileNotFoundError, ValueError),
     "retry_backoff": 1,
@@ -77,38 +88,39 @@ RETRY = {
 
 #: The main worker process's pid and offloop.stats() once its pool ran,
 #: before it forked the children (they inherit these values).
-PARENT = {}
+PARENT: dict[str, Any] = {}
 
 
 @signals.worker_init.connect
-def _warm_offloop_before_fork(**_):
+def _warm_offloop_before_fork(**_: object) -> None:
     m = np.ones((4096, 64), np.float32)
     offloop.blocking.top_k(m[0], m, k=1)  # big enough for the pool
     PARENT.update(pid=os.getpid(), stats=offloop.stats())
 
 
-def _whoami():
+def _whoami() -> dict[str, Any]:
     return {"pid": os.getpid(), "ppid": os.getppid(),
             "parent": dict(PARENT), "stats": offloop.stats()}
 
 
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True, **RETRY)
-def normalize_shard(self, path, out_path):
+def normalize_shard(self: Task[..., Any], path: str,
+                    out_path: str) -> dict[str, Any]:
     """Normalize shard path into out_path; returns rows, jobs, written
     (False if out_path was already complete), pid and offloop.stats()."""
     done = sh.normalize_file(path, out_path)
     return {"path": path, "out_path": str(out_path),
             "retries": self.request.retries,
-            "redelivered": bool(self.request.delivery_info.get(
+            "redelivered": bool((self.request.delivery_info or {}).get(
                 "redelivered")), **done, **_whoami()}
 
 
 #: Shards this process has mapped, by path: mapped once, reused by every
 #: query.  A path whose file changed (size or mtime) is mapped again.
-_MAPPED = {}
+_MAPPED: dict[str, tuple[tuple[int, int], sh.Floats32]] = {}
 
 
-def _mapped(path):
+def _mapped(path: str) -> sh.Floats32:
     st = os.stat(path)
     key = (st.st_size, st.st_mtime_ns)
     cached = _MAPPED.get(path)
@@ -118,7 +130,9 @@ def _mapped(path):
 
 
 @app.task(bind=True, acks_late=True, reject_on_worker_lost=True, **RETRY)
-def search_shard(self, path, query, k, offset=0, normalized=False):
+def search_shard(self: Task[..., Any], path: str,
+                 query: list[float] | list[list[float]], k: int,
+                 offset: int = 0, normalized: bool = False) -> dict[str, Any]:
     """Local top-k of query (D floats, or a list of them) over one shard:
     {"scores": [[...]], "ids": [[...]]} per query, ids global."""
     m = _mapped(path)
@@ -130,5 +144,5 @@ def search_shard(self, path, query, k, offset=0, normalized=False):
 
 
 @app.task
-def pool_report():
+def pool_report() -> dict[str, Any]:
     return _whoami()

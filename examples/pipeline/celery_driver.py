@@ -18,9 +18,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any, SupportsIndex, TypedDict, cast
 
 import numpy as np
+import numpy.typing as npt
 from celery import group
+from celery.result import GroupResult
 from tqdm import tqdm
 
 import offloop.blocking
@@ -35,12 +38,25 @@ from celery_app import normalize_shard, search_shard
 POLL = 0.005
 
 
-def _options(queue):
+class _Route(TypedDict, total=False):
+    queue: str
+
+
+def _options(queue: str | None) -> _Route:
     return {"queue": queue} if queue else {}
 
 
-def normalize_all(manifest_path, out_dir, timeout=3600, progress=None,
-                  queue=None):
+def _send(tasks: group, queue: str | None) -> GroupResult:
+    """tasks.apply_async() to queue (None: the default one).  Celery
+    returns a GroupResult; celery-types declares an AsyncResult, which
+    has neither .results nor .join(), hence the cast."""
+    return cast(GroupResult, tasks.apply_async(**_options(queue)))
+
+
+def normalize_all(manifest_path: sh.StrPath, out_dir: sh.StrPath,
+                  timeout: float = 3600, progress: bool | None = None,
+                  queue: str | None = None
+                  ) -> tuple[sh.Manifest, list[dict[str, Any]]]:
     """Normalize every shard of the manifest into out_dir, one task per
     shard; return (the new Manifest, the tasks' results in shard order).
     queue: the Celery queue to send to (workers started with -Q), else
@@ -53,16 +69,16 @@ def normalize_all(manifest_path, out_dir, timeout=3600, progress=None,
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     outs = [str(out_dir / Path(s.path).name) for s in m.shards]
-    job = group(normalize_shard.s(s.path, o)
-                for s, o in zip(m.shards, outs)).apply_async(**_options(queue))
-    rows_of = {}
+    job = _send(group(normalize_shard.s(s.path, o)
+                      for s, o in zip(m.shards, outs)), queue)
+    rows_of: dict[str, int] = {}
     with tqdm(total=m.rows, unit="rows", unit_scale=True, desc="normalize",
               disable=None if progress is None else not progress) as bar:
-        for child, s in zip(job.results, m.shards):
+        for child, s in zip(job.results or [], m.shards):
             rows_of[child.id] = s.rows
         done = 0
 
-        def on_result(task_id, value):
+        def on_result(task_id: str, value: object) -> None:
             nonlocal done
             done += 1
             bar.update(rows_of.get(task_id, 0))
@@ -87,7 +103,9 @@ def normalize_all(manifest_path, out_dir, timeout=3600, progress=None,
     return new, results
 
 
-def search(manifest, queries, k=10, timeout=600, queue=None):
+def search(manifest: sh.Manifest | sh.StrPath, queries: npt.ArrayLike,
+           k: SupportsIndex = 10, timeout: float = 600,
+           queue: str | None = None) -> tuple[sh.Floats32, sh.Ids]:
     """Global top-k of queries ((Q, D) or (D,)) over the manifest's shards:
     (scores, ids), each (Q, k).  One search_shard task per shard."""
     m = manifest if isinstance(manifest, sh.Manifest) else \
@@ -95,8 +113,8 @@ def search(manifest, queries, k=10, timeout=600, queue=None):
     q = sh.as_queries(queries, m.dim)
     k = sh.check_k(k, m.rows)
     qs = q.tolist()
-    job = group(search_shard.s(s.path, qs, k, s.offset, m.normalized)
-                for s in m.shards).apply_async(**_options(queue))
+    job = _send(group(search_shard.s(s.path, qs, k, s.offset, m.normalized)
+                      for s in m.shards), queue)
     try:
         parts = job.get(timeout=timeout, interval=POLL)
     except BaseException:
@@ -105,7 +123,9 @@ def search(manifest, queries, k=10, timeout=600, queue=None):
     return sh.merge_top_k([(p["scores"], p["ids"]) for p in parts], k)
 
 
-def reference_top_k(manifest, queries, k):
+def reference_top_k(manifest: sh.Manifest | sh.StrPath,
+                    queries: npt.ArrayLike,
+                    k: int) -> tuple[sh.Floats32, sh.Ids]:
     """The single-process answer: offloop.blocking.top_k over the
     concatenated shards (read into memory: for checks on small data)."""
     m = manifest if isinstance(manifest, sh.Manifest) else \
@@ -115,7 +135,7 @@ def reference_top_k(manifest, queries, k):
                                   normalized=m.normalized)
 
 
-def _cmd_normalize(args):
+def _cmd_normalize(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     new, results = normalize_all(args.manifest, args.out_dir, args.timeout)
     dt = time.perf_counter() - t0
@@ -125,14 +145,15 @@ def _cmd_normalize(args):
           f"({written} written, {len(results) - written} already there) in "
           f"{dt:.2f} s: {new.rows / dt:,.0f} rows/s over {len(pids)} worker "
           f"processes; manifest {new.path}")
+    return 0
 
 
-def _cmd_search(args):
+def _cmd_search(args: argparse.Namespace) -> int:
     m = sh.load_manifest(args.manifest)
     rng = np.random.default_rng(args.seed)
     q = rng.standard_normal((args.queries, m.dim), dtype=np.float32)
     t0 = time.perf_counter()
-    got = []
+    got: list[tuple[sh.Floats32, sh.Ids]] = []
     with tqdm(total=args.queries, unit="queries", desc="search",
               disable=None) as bar:
         for lo in range(0, args.queries, args.batch):
@@ -155,8 +176,8 @@ def _cmd_search(args):
     return 0
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     n = sub.add_parser("normalize")
     n.add_argument("manifest")
@@ -173,7 +194,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         return (_cmd_normalize if args.cmd == "normalize" else
-                _cmd_search)(args) or 0
+                _cmd_search)(args)
     except sh.ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ Run it (a scheduler and workers as in dask_search.py, then)::
 
 import contextlib
 import os
+from collections.abc import AsyncIterator
 
 from distributed import Client, wait
 from fastapi import FastAPI, HTTPException, Request
@@ -45,7 +46,12 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=10_000)
 
 
-def create_app(scheduler=None, manifest=None):
+#: One query's answer, best first.
+Hits = list[dict[str, int | float]]
+
+
+def create_app(scheduler: str | None = None,
+               manifest: str | None = None) -> FastAPI:
     """The app; scheduler and manifest default to the environment's
     OFFLOOP_DASK_SCHEDULER and OFFLOOP_PIPELINE_MANIFEST."""
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV,
@@ -55,7 +61,7 @@ def create_app(scheduler=None, manifest=None):
         raise ValueError(f"manifest is required (or set {MANIFEST_ENV})")
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = await Client(scheduler, asynchronous=True)
         try:
             await client.wait_for_workers(1, timeout=60)
@@ -68,9 +74,13 @@ def create_app(scheduler=None, manifest=None):
 
     app = FastAPI(title="offloop on a Dask cluster", lifespan=lifespan)
 
-    @app.post("/search")
-    async def search(req: SearchRequest, request: Request):
-        shards = request.app.state.shards
+    # response_model=None: FastAPI sends these dicts as they are, without
+    # a response model made of the return annotation.
+
+    @app.post("/search", response_model=None)
+    async def search(req: SearchRequest,
+                     request: Request) -> dict[str, list[Hits] | Hits]:
+        shards: ShardSet = request.app.state.shards
         try:
             scores, ids = await shards.asearch(req.query, req.k,
                                                timeout=SEARCH_TIMEOUT)
@@ -85,8 +95,8 @@ def create_app(scheduler=None, manifest=None):
         nested = isinstance(req.query[0], list)
         return {"results": results if nested else results[0]}
 
-    @app.get("/health")
-    async def health(request: Request):
+    @app.get("/health", response_model=None)
+    async def health(request: Request) -> dict[str, str | int]:
         st = request.app.state
         m = st.shards.manifest
         return {"status": "ok",

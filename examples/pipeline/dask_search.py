@@ -37,9 +37,12 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
+from typing import SupportsIndex, TypeAlias
 
 import numpy as np
-from distributed import Client, LocalCluster, wait
+import numpy.typing as npt
+from distributed import Client, Future, LocalCluster, wait
 from tqdm import tqdm
 
 import shards as sh
@@ -47,10 +50,10 @@ import shards as sh
 
 #: How many times this process mapped each shard (by path): 1 each when
 #: shards stay loaded and are reused (see mapped_counts).
-_MAPPED = {}
+_MAPPED: dict[str, int] = {}
 
 
-def mapped_counts():
+def mapped_counts() -> dict[str, int]:
     """{path: times mapped} in this process; client.run(mapped_counts)
     asks every worker."""
     return dict(_MAPPED)
@@ -61,23 +64,28 @@ class Shard:
     offset.  Pickles as (path, offset, rows, dim) and maps again on the
     other side; sizeof() sees a small object, so Dask moves it freely."""
 
-    def __init__(self, path, offset, rows, dim):
+    def __init__(self, path: str, offset: int, rows: int, dim: int) -> None:
         self.path, self.offset, self.rows, self.dim = path, offset, rows, dim
         self.array = sh.open_shard(path, rows, dim)
         _MAPPED[path] = _MAPPED.get(path, 0) + 1
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type["Shard"], tuple[str, int, int, int]]:
         return (Shard, (self.path, self.offset, self.rows, self.dim))
 
-    def __sizeof__(self):
+    def __sizeof__(self) -> int:
         return 256
 
 
-def load_shard(path, offset, rows, dim):
+def load_shard(path: str, offset: int, rows: int, dim: int) -> Shard:
     return Shard(path, offset, rows, dim)
 
 
-def search_shard(shard, queries, k, normalized):
+#: search_shard's answer: local (scores, global ids) and the worker's pid.
+Part: TypeAlias = tuple[sh.Floats32, sh.Ids, int]
+
+
+def search_shard(shard: Shard, queries: sh.Floats32, k: int,
+                 normalized: bool) -> Part:
     """Local top-k over one shard, ids global; also says which process."""
     sh._test_hold(f"search-{os.path.basename(shard.path)}")
     scores, ids = sh.search_array(shard.array, queries, k, shard.offset,
@@ -92,43 +100,50 @@ class ShardSet:
     ``await ShardSet.astart(client, manifest)`` for an asynchronous
     Client.  The manifest is checked first (ManifestError)."""
 
-    def __init__(self, client, manifest, workers):
+    def __init__(self, client: Client, manifest: sh.Manifest | sh.StrPath,
+                 workers: Iterable[str]) -> None:
         self.client = client
         self.manifest = manifest if isinstance(manifest, sh.Manifest) else \
             sh.load_manifest(manifest)
         m = self.manifest
         workers = sorted(workers)
-        self.futures = [
+        self.futures: list[Future[Shard]] = [
             client.submit(load_shard, s.path, s.offset, s.rows, m.dim,
                           # spread the shards; any worker may take over
                           workers=[workers[i % len(workers)]] if workers
                           else None,
                           allow_other_workers=True)
             for i, s in enumerate(m.shards)]
-        self.last_pids = set()
+        self.last_pids: set[int] = set()
 
     @classmethod
-    def start(cls, client, manifest):
+    def start(cls, client: Client,
+              manifest: sh.Manifest | sh.StrPath) -> "ShardSet":
         return cls(client, manifest, client.nthreads())
 
     @classmethod
-    async def astart(cls, client, manifest):
+    async def astart(cls, client: Client,
+                     manifest: sh.Manifest | sh.StrPath) -> "ShardSet":
         return cls(client, manifest, await client.nthreads())
 
-    def _submit(self, queries, k):
+    def _submit(self, queries: npt.ArrayLike,
+                k: SupportsIndex) -> tuple[list[Future[Part]], int]:
         m = self.manifest
         q = sh.as_queries(queries, m.dim)
         k = sh.check_k(k, m.rows)
-        futs = [self.client.submit(search_shard, f, q, k, m.normalized,
+        futs: list[Future[Part]] = [self.client.submit(search_shard, f, q, k, m.normalized,
                                    retries=2, pure=False)
                 for f in self.futures]
         return futs, k
 
-    def _merge(self, parts, k):
+    def _merge(self, parts: Sequence[Part],
+               k: int) -> tuple[sh.Floats32, sh.Ids]:
         self.last_pids = {p[2] for p in parts}
         return sh.merge_top_k([(p[0], p[1]) for p in parts], k)
 
-    def search(self, queries, k=10, timeout=None):
+    def search(self, queries: npt.ArrayLike, k: SupportsIndex = 10,
+               timeout: float | None = None
+               ) -> tuple[sh.Floats32, sh.Ids]:
         """Global top-k of queries ((Q, D) or (D,)): (scores, ids), (Q, k).
         Bad queries or k raise at the call, before anything is submitted;
         past timeout seconds (None: no limit), TimeoutError."""
@@ -140,7 +155,9 @@ class ShardSet:
             self.client.cancel(futs)
             raise
 
-    async def asearch(self, queries, k=10, timeout=None):
+    async def asearch(self, queries: npt.ArrayLike, k: SupportsIndex = 10,
+                      timeout: float | None = None
+                      ) -> tuple[sh.Floats32, sh.Ids]:
         """search() for a Client(asynchronous=True): awaits the cluster."""
         futs, k = self._submit(queries, k)
         try:
@@ -150,14 +167,14 @@ class ShardSet:
             await self.client.cancel(futs)
             raise
 
-    def close(self):
+    def close(self) -> None:
         for f in self.futures:
             f.release()
         self.futures = []
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("manifest")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--scheduler", help="e.g. tcp://127.0.0.1:8786")
@@ -187,7 +204,7 @@ def main(argv=None):
         q = np.random.default_rng(args.seed).standard_normal(
             (args.queries, m.dim), dtype=np.float32)
         t0 = time.perf_counter()
-        got = []
+        got: list[tuple[sh.Floats32, sh.Ids]] = []
         with tqdm(total=args.queries, unit="queries", desc="search",
                   disable=None) as bar:
             for lo in range(0, args.queries, args.batch):

@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -29,7 +30,7 @@ BIG = {"rows": 200_000_000, "dim": 768, "shards": 400}
 WRITE_CHUNK = 65536  # rows generated at once
 
 
-def shard_sizes(rows, n):
+def shard_sizes(rows: int, n: int) -> list[int]:
     """Split rows into n shards as evenly as possible, in order."""
     if n < 1 or rows < n:
         raise ValueError(f"need 1 <= shards <= rows, got {n} shards for "
@@ -38,7 +39,9 @@ def shard_sizes(rows, n):
     return [base + (s < extra) for s in range(n)]
 
 
-def write_shard(path, rows, dim, seed, index, bar=None):
+# "tqdm[Any]" quoted: tqdm is generic in its stubs, not at run time.
+def write_shard(path: sh.StrPath, rows: int, dim: int, seed: int, index: int,
+                bar: "tqdm[Any] | None" = None) -> None:
     rng = np.random.default_rng([seed, index])
     with sh.atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
@@ -53,8 +56,9 @@ def write_shard(path, rows, dim, seed, index, bar=None):
         del out
 
 
-def make_shards(out_dir, rows=30_000, dim=64, shards=4, seed=0,
-                progress=None):
+def make_shards(out_dir: sh.StrPath, rows: int = 30_000, dim: int = 64,
+                shards: int = 4, seed: int = 0,
+                progress: bool | None = None) -> sh.Manifest:
     """Write the shards and out_dir/manifest.json; return the Manifest.
     progress: None shows a bar on a terminal only, False never."""
     sizes = shard_sizes(rows, shards)
@@ -62,7 +66,8 @@ def make_shards(out_dir, rows=30_000, dim=64, shards=4, seed=0,
         raise ValueError(f"dim must be >= 1, got {dim}")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    infos, offset = [], 0
+    infos: list[sh.ShardInfo] = []
+    offset = 0
     with tqdm(total=rows, unit="rows", unit_scale=True, desc="shards",
               disable=None if progress is None else not progress) as bar:
         for s, n in enumerate(sizes):
@@ -77,8 +82,8 @@ def make_shards(out_dir, rows=30_000, dim=64, shards=4, seed=0,
     return manifest
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("out_dir")
     p.add_argument("--rows", type=int, default=30_000)
     p.add_argument("--dim", type=int, default=64)

@@ -31,10 +31,14 @@ import operator
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Literal, NoReturn, SupportsIndex, TypeAlias, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 import offloop.blocking
 
@@ -42,6 +46,12 @@ MANIFEST_VERSION = 1
 #: Rows per batch_normalize call when a shard is normalized: bounds the
 #: memory a task touches at once (64 Ki rows x 768 floats = 192 MiB).
 CHUNK_ROWS = 65536
+
+
+#: A file name: a str or a pathlib.Path.
+StrPath: TypeAlias = str | os.PathLike[str]
+Floats32: TypeAlias = npt.NDArray[np.float32]
+Ids: TypeAlias = npt.NDArray[np.int64]
 
 
 class ManifestError(ValueError):
@@ -62,10 +72,10 @@ class Manifest:
     dim: int
     rows: int
     normalized: bool
-    shards: tuple
+    shards: tuple[ShardInfo, ...]
     seed: int | None = None
 
-    def to_json(self):
+    def to_json(self) -> dict[str, object]:
         base = Path(self.path).parent
         return {
             "version": MANIFEST_VERSION, "dim": self.dim,
@@ -77,17 +87,18 @@ class Manifest:
         }
 
 
-def _fail(path, why):
+def _fail(path: Path, why: str) -> NoReturn:
     raise ManifestError(f"manifest {path}: {why}")
 
 
-def _nonneg_int(value, what, path, minimum=0):
+def _nonneg_int(value: object, what: str, path: Path,
+                minimum: int = 0) -> int:
     if type(value) is not int or value < minimum:
         _fail(path, f"{what} must be an int >= {minimum}, got {value!r}")
     return value
 
 
-def load_manifest(path, check_files=True):
+def load_manifest(path: StrPath, check_files: bool = True) -> Manifest:
     """Read and check a manifest; return a Manifest with absolute paths.
 
     Raises ManifestError (a ValueError) naming the manifest and the field
@@ -118,7 +129,8 @@ def load_manifest(path, check_files=True):
     entries = data.get("shards")
     if not isinstance(entries, list) or not entries:
         _fail(path, "shards must be a non-empty list")
-    shards, next_offset = [], 0
+    shards: list[ShardInfo] = []
+    next_offset = 0
     for n, entry in enumerate(entries):
         where = f"shards[{n}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("path"),
@@ -145,14 +157,15 @@ def load_manifest(path, check_files=True):
                     seed if type(seed) is int else None)
 
 
-def write_manifest(manifest):
+def write_manifest(manifest: Manifest) -> None:
     """Write manifest.to_json() to manifest.path atomically."""
     text = json.dumps(manifest.to_json(), indent=1) + "\n"
     with atomic_path(manifest.path) as tmp:
         Path(tmp).write_text(text)
 
 
-def check_shard_header(path, rows=None, dim=None):
+def check_shard_header(path: StrPath, rows: int | None = None,
+                       dim: int | None = None) -> tuple[int, ...]:
     """Check a .npy file's header: float32, 2-D, C order, the given shape.
     Returns its shape.  Raises FileNotFoundError or ValueError naming it."""
     path = str(path)
@@ -179,10 +192,12 @@ def check_shard_header(path, rows=None, dim=None):
     return shape
 
 
-def open_shard(path, rows=None, dim=None):
+def open_shard(path: StrPath, rows: int | None = None,
+               dim: int | None = None) -> Floats32:
     """The shard's rows, memory-mapped read-only (np.load(mmap_mode='r'))."""
     check_shard_header(path, rows, dim)
-    return np.load(path, mmap_mode="r")
+    mapped: Floats32 = np.load(path, mmap_mode="r")  # an np.memmap
+    return mapped
 
 
 # ---- writing a file atomically ------------------------------------------
@@ -195,15 +210,17 @@ class atomic_path:
     that carries this host and pid, so stale ones of dead writers can be
     found (remove_stale_temps) and two writers never share one."""
 
-    def __init__(self, final):
+    def __init__(self, final: StrPath) -> None:
         self.final = Path(final)
         self.tmp = self.final.with_name(
             f".{self.final.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
-    def __enter__(self):
+    def __enter__(self) -> str:
         return str(self.tmp)
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         if exc_type is not None:
             self.tmp.unlink(missing_ok=True)
             return False
@@ -221,7 +238,7 @@ class atomic_path:
         return False
 
 
-def remove_stale_temps(final):
+def remove_stale_temps(final: StrPath) -> None:
     """Remove temporaries of ``final`` left by dead writers on this host
     (a worker killed mid-write).  Live writers' files are left alone."""
     final = Path(final)
@@ -232,11 +249,11 @@ def remove_stale_temps(final):
             tmp.unlink(missing_ok=True)
 
 
-def glob_escape(text):
+def glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -249,7 +266,16 @@ def _alive(pid):
 # ---- the work on one shard ---------------------------------------------
 
 
-def normalize_file(path, out_path, chunk_rows=CHUNK_ROWS):
+class Normalized(TypedDict):
+    """What normalize_file() did: rows of the shard, offloop calls made,
+    and whether it wrote out_path (False: it was already complete)."""
+    rows: int
+    jobs: int
+    written: bool
+
+
+def normalize_file(path: StrPath, out_path: StrPath,
+                   chunk_rows: int = CHUNK_ROWS) -> Normalized:
     """L2-normalize every row of shard ``path`` into a new shard
     ``out_path`` with offloop.blocking.batch_normalize, chunk by chunk.
 
@@ -281,7 +307,7 @@ def normalize_file(path, out_path, chunk_rows=CHUNK_ROWS):
     return {"rows": rows, "jobs": jobs, "written": True}
 
 
-def as_queries(query, dim):
+def as_queries(query: npt.ArrayLike, dim: int) -> Floats32:
     """query as a (Q, dim) float32 array; a (dim,) query gives Q = 1.
     Raises ValueError naming 'query' on a wrong shape."""
     q = np.asarray(query, dtype=np.float32)
@@ -293,7 +319,7 @@ def as_queries(query, dim):
     return np.ascontiguousarray(q)
 
 
-def check_k(k, rows):
+def check_k(k: SupportsIndex, rows: int) -> int:
     """k as an int in [1, rows]; TypeError/ValueError naming 'k'."""
     if isinstance(k, bool):
         raise TypeError("k must be an int, not bool")
@@ -307,7 +333,9 @@ def check_k(k, rows):
     return k
 
 
-def search_array(m, queries, k, offset=0, normalized=False):
+def search_array(m: Floats32, queries: Floats32, k: SupportsIndex,
+                 offset: int = 0,
+                 normalized: bool = False) -> tuple[Floats32, Ids]:
     """Local top-k of each query over one shard's rows: (scores, ids), both
     (Q, min(k, rows)), ids global (shifted by offset)."""
     k = min(operator.index(k), len(m))  # top_k wants a Python int
@@ -321,7 +349,13 @@ def search_array(m, queries, k, offset=0, normalized=False):
     return scores, ids + offset
 
 
-def merge_top_k(parts, k):
+#: One shard's local top-k: (scores, global ids), each (Q, k_s), as arrays
+#: or as the nested lists a task's JSON result holds.
+Part: TypeAlias = tuple[Floats32 | Sequence[Sequence[float]],
+                        Ids | Sequence[Sequence[int]]]
+
+
+def merge_top_k(parts: Sequence[Part], k: int) -> tuple[Floats32, Ids]:
     """Merge per-shard (scores, global ids) lists, each (Q, k_s), into the
     global (scores, ids), each (Q, k): score descending, then id ascending,
     NaN after every number, as offloop.top_k orders them."""
@@ -346,7 +380,7 @@ HOLD_ENV = "OFFLOOP_PIPELINE_TEST_HOLD"
 HOLD_SECONDS = 120
 
 
-def _test_hold(tag):
+def _test_hold(tag: str) -> None:
     """Hold this task here, once, if the test armed ``tag``.
 
     The test creates ``$HOLD/arm-<tag>``; the first task to reach the gate
