@@ -16,6 +16,8 @@ import pytest
 import offloop
 from offloop import _core, _testing
 
+from workers import held_workers
+
 uvloop = pytest.importorskip("uvloop")
 
 N, D = 4_000, 96  # big enough to go to the pool, small to stay quick
@@ -28,32 +30,6 @@ def data():
     m2 = rng.standard_normal((N, D), dtype=np.float32)
     q = rng.standard_normal((24, D), dtype=np.float32)
     return m, m2, q
-
-
-@contextlib.contextmanager
-def held_workers():
-    """Every worker waits inside a callable until the block ends."""
-    threads = offloop.stats()["threads"]
-    started, release = threading.Semaphore(0), threading.Event()
-    holders = []
-
-    def hold():
-        started.release()
-        return release.wait(30)
-
-    for _ in range(threads):
-        t = threading.Thread(target=lambda: holders.append(
-            offloop.blocking.run(hold)))
-        t.start()
-        holders.append(t)
-    for _ in range(threads):
-        assert started.acquire(timeout=10)
-    try:
-        yield
-    finally:
-        release.set()
-        for t in [h for h in holders if isinstance(h, threading.Thread)]:
-            t.join(10)
 
 
 def wait_queued(n, timeout=10.0):

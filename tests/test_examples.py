@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import types
 
@@ -36,6 +35,8 @@ import pytest
 
 import offloop
 from offloop import _testing
+
+from workers import held_workers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -169,21 +170,9 @@ async def test_native_double_batched_coalesces_concurrent_calls(loop, nx):
     a lone call runs at once, alone (batch of 1)."""
     assert await nx.double_batched(21) == (42, 1)
     assert nx.blocking.double_batched(2.5) == (5.0, 1)
-    threads = offloop.stats()["threads"]
-    started, release = asyncio.Semaphore(0), threading.Event()
-
-    def hold():
-        loop.call_soon_threadsafe(started.release)
-        release.wait(30)
-
-    holders = [offloop.run(hold) for _ in range(threads)]
-    for _ in range(threads):
-        async with asyncio.timeout(10):
-            await started.acquire()
-    before = offloop.stats()
-    futs = [nx.double_batched(i) for i in range(10)]
-    release.set()
-    await asyncio.gather(*holders)
+    with held_workers():
+        before = offloop.stats()
+        futs = [nx.double_batched(i) for i in range(10)]
     assert await asyncio.gather(*futs) == [(2 * i, 10) for i in range(10)]
     after = offloop.stats()
     assert (after["batches"] - before["batches"],

@@ -5,15 +5,14 @@ coalescing of one-query calls on one quantized matrix.  Every ISA the CPU
 runs is checked against the portable path by forcing it."""
 
 import asyncio
-import contextlib
-import threading
-import time
 
 import numpy as np
 import pytest
 
 import offloop
 from offloop import _core, blocking
+
+from workers import held_workers
 
 N, D = 4_000, 96  # big enough to go to the pool, small to stay quick
 DTYPES = ["bfloat16", "int8"]
@@ -322,31 +321,6 @@ def test_a_bad_row_scores_nan_and_never_changes_the_others(data, isa, dtype,
 
 
 # ---- coalescing --------------------------------------------------------------
-
-@contextlib.contextmanager
-def held_workers():
-    """Every worker waits inside a callable until the block ends."""
-    threads = offloop.stats()["threads"]
-    started, release = threading.Semaphore(0), threading.Event()
-    holders = []
-
-    def hold():
-        started.release()
-        return release.wait(30)
-
-    for _ in range(threads):
-        t = threading.Thread(target=lambda: blocking.run(hold))
-        t.start()
-        holders.append(t)
-    for _ in range(threads):
-        assert started.acquire(timeout=10)
-    try:
-        yield
-    finally:
-        release.set()
-        for t in holders:
-            t.join(10)
-
 
 def delta(before, *keys):
     after = offloop.stats()
