@@ -80,12 +80,13 @@ ol__bf16_to_f32(uint16_t h)
  * Several queries: each tile is first decoded to float32 in a scratch
  * buffer, then swept by the float block.  Widening the codes inside the
  * block instead costs the widening once per block of queries (11 times
- * for 64 queries) and measured 0.6-0.7x the float32 scan at 64 queries;
- * decoded once, the widening is paid once per row.  Without the scratch
- * (malloc failed) the scan widens in the block.  An integer block for
- * int8 (vpmaddwd over codes widened to 16 bits, 16 multiply-adds an
- * instruction) and a prefetch of the next tile were tried on AVX2 and
- * measured no faster than this at 64 queries. */
+ * for 64 queries in 6-query blocks) and measured 0.6-0.7x the float32
+ * scan at 64 queries; decoded once, the widening is paid once per row.
+ * Without the scratch (malloc failed) the scan widens in the block.  An
+ * integer block for int8 (vpmaddwd over codes widened to 16 bits) and a
+ * prefetch of the next tile were tried on AVX2 and measured no faster,
+ * both while the float block was the slower 2 x 6 shape (quant_avx2.c);
+ * neither was tried again after. */
 OL__INLINE void
 ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
           size_t nq, const void *codes, const float *scales, size_t d,
