@@ -83,10 +83,11 @@ ol__bf16_to_f32(uint16_t h)
  * for 64 queries in 6-query blocks) and measured 0.6-0.7x the float32
  * scan at 64 queries; decoded once, the widening is paid once per row.
  * Without the scratch (malloc failed) the scan widens in the block.  An
- * integer block for int8 (vpmaddwd over codes widened to 16 bits) and a
- * prefetch of the next tile were tried on AVX2 and measured no faster,
- * both while the float block was the slower 2 x 6 shape (quant_avx2.c);
- * neither was tried again after. */
+ * integer block for int8 (codes widened to 16 bits, queries rounded to
+ * 16 bits, vpmaddwd: 16 multiply-adds an instruction) was tried on AVX2
+ * in both block shapes and measured no faster than this (0.96-1.06x
+ * float32 at 64 queries, C microbenchmark); a prefetch of the next tile
+ * likewise. */
 OL__INLINE void
 ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
           size_t nq, const void *codes, const float *scales, size_t d,
