@@ -8,6 +8,7 @@
  */
 #include <immintrin.h>
 
+#include "avx2_hsum.h"
 #include "internal.h"
 
 /* Lanes [0, n) set, for a masked load of the last n < 8 elements. */
@@ -17,16 +18,6 @@ tail_mask(size_t n)
     static const int32_t bits[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
                                      0,  0,  0,  0,  0,  0,  0,  0};
     return _mm256_loadu_si256((const __m256i *)(bits + 8 - n));
-}
-
-static float
-hsum(__m256 v)
-{
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v),
-                          _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_add_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
 }
 
 static float

@@ -93,6 +93,20 @@ ol__inv_sqrt(float ss)
 #define OL__TILE_BYTES (96 * 1024)
 #define OL__TILE_ROWS_MAX 512
 
+/* Rows of a tile of rows of row_bytes each (at most OL__TILE_BYTES and
+ * OL__TILE_ROWS_MAX), a multiple of the block's rb rows, at least rb. */
+OL__INLINE size_t
+ol__tile_rows(size_t row_bytes, size_t rb)
+{
+    size_t tile = OL__TILE_BYTES / (row_bytes + 1);
+
+    if (tile > OL__TILE_ROWS_MAX) {
+        tile = OL__TILE_ROWS_MAX;
+    }
+    tile -= tile % rb;
+    return tile < rb ? rb : tile;
+}
+
 /* What a scan needs from an ISA.
  *
  * block: dots[i * OL__RB_MAX + r] = dot(qi[i], mr[r]) for r < rb and
@@ -197,14 +211,7 @@ ol__scan(const ol__scan_ops *ops, const float *q, const float *qinv,
                      m_normalized, out, lists);
         return;
     }
-    tile = OL__TILE_BYTES / (d * sizeof(float) + 1);
-    if (tile > OL__TILE_ROWS_MAX) {
-        tile = OL__TILE_ROWS_MAX;
-    }
-    tile -= tile % rb;
-    if (tile < rb) {
-        tile = rb;
-    }
+    tile = ol__tile_rows(d * sizeof(float), rb);
     for (t0 = row_begin; t0 < row_end; t0 += tile) {
         size_t nt = row_end - t0 < tile ? row_end - t0 : tile;
         size_t q0, r0, calls, step;

@@ -125,10 +125,7 @@ ol__qscan(const ol__qscan_ops *ops, const float *q, const float *qinv,
         free(pq);
         return;
     }
-    tile = OL__TILE_BYTES / (d * sizeof(float) + 1);
-    tile = tile > OL__TILE_ROWS_MAX ? OL__TILE_ROWS_MAX : tile;
-    tile -= tile % rb;
-    tile = tile < rb ? rb : tile;
+    tile = ol__tile_rows(d * sizeof(float), rb);
     float *scratch = malloc(tile * d * sizeof(float));
     for (t0 = row_begin; t0 < row_end; t0 += tile) {
         size_t nt = row_end - t0 < tile ? row_end - t0 : tile;

@@ -15,17 +15,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "avx2_hsum.h"
 #include "quant.h"
-
-static float
-hsum(__m256 v)
-{
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v),
-                          _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_add_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
-}
 
 static inline __m256
 load8_bf16(const void *m, size_t j)
