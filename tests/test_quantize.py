@@ -289,6 +289,27 @@ def test_bad_quantized_matrix_arrays(data):
         offloop.QuantizedMatrix(np.zeros(4, np.uint16))
 
 
+# ---- non-finite and zero queries ------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_one_query_scores_nan_on_every_isa(data, isa, dtype,
+                                                        bad):
+    """A one-query scan converts the query once on AVX2 (int8 to 16-bit
+    integers, bfloat16 reordered); a query the conversion refuses takes
+    the float path and scores NaN everywhere, as the portable path does;
+    a zero query scores 0."""
+    m, q = data
+    qm = blocking.quantize(m, dtype)
+    one = q[0].copy()
+    one[5] = bad
+    assert np.isnan(blocking.cosine_similarities(one, qm)).all()
+    scores, _ = blocking.top_k(one, qm, 3)
+    assert np.isnan(scores).all()
+    zero = np.zeros_like(one)
+    assert (blocking.cosine_similarities(zero, qm) == 0).all()
+
+
 # ---- NaN and inf rows -------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
